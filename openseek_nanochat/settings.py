@@ -1,0 +1,50 @@
+"""Settings shared by the library, the CLI, the API and the workers.
+
+Every value comes from the environment with the prefix OPENSEEK_NANOCHAT_ (pydantic-settings), so that a job process
+started by a worker sees the same data dir and input roots as the server that accepted the job.
+"""
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    return Path("~/.cache/openseek_nanochat").expanduser()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPENSEEK_NANOCHAT_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir, description="Where outputs, logs and the database live.")
+    input_roots: str | None = Field(
+        default=None, description="os.pathsep-separated folders that input paths must lie under (default: data_dir)."
+    )
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL (default: SQLite at <data_dir>/jobs.db).")
+    lease_seconds: float = Field(default=30.0, gt=0, description="A worker that misses heartbeats this long loses its job.")
+    api_token: str | None = Field(default=None, description="When set, every endpoint but /healthz needs a Bearer token.")
+    nanochat_dir: Path | None = Field(default=None, description="A nanochat checkout for the nanochat training backend.")
+    max_attempts: int = Field(default=3, ge=1, description="How often a job whose worker died is retried.")
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest accepted request body.")
+
+    @cached_property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @cached_property
+    def resolved_input_roots(self) -> list[Path]:
+        if not self.input_roots:
+            return [self.resolved_data_dir]
+        return [Path(p).expanduser().resolve() for p in self.input_roots.split(os.pathsep) if p]
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.resolved_data_dir / 'jobs.db'}"
+
+
+def get_settings() -> Settings:
+    """Read the environment now (not cached: tests and job processes change it)."""
+    return Settings()

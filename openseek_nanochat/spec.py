@@ -1,0 +1,175 @@
+"""The conversion spec: one pydantic model for the HTTP body, the CLI file and the job process.
+
+Unknown fields are rejected everywhere (extra="forbid"), so a typo such as `text_colum` is an error, not a default.
+"""
+
+import string
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextSelection(StrictModel):
+    """How a row becomes a document: one column, or a template over any columns."""
+
+    text_column: str = Field(default="text", description="Column holding the document text.")
+    text_template: str | None = Field(
+        default=None,
+        description="Python format string over columns, e.g. '{question}\\n{answer}'. Overrides text_column. "
+        "Lists are joined with newlines, numbers rendered as text, missing values as ''.",
+        examples=["{question}\n{answer}"],
+    )
+
+    @field_validator("text_template")
+    @classmethod
+    def _template_fields_are_plain(cls, template: str | None) -> str | None:
+        if template is None:
+            return None
+        fields = template_fields(template)
+        if not fields:
+            raise ValueError("text_template names no column; use e.g. '{question}\\n{answer}'")
+        return template
+
+
+def template_fields(template: str) -> list[str]:
+    """The column names a template uses, in order. Only plain `{column}` fields are supported."""
+    fields = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise ValueError(f"text_template {template!r} is not a valid format string: {e}") from None
+    for _, field, format_spec, conversion in parsed:
+        if field is None:
+            continue
+        if not field or format_spec or conversion or any(c in field for c in ".[]"):
+            raise ValueError(f"text_template field {{{field}}} is not supported: use plain column names like {{question}}")
+        fields.append(field)
+    return fields
+
+
+class FilesSource(TextSelection):
+    type: Literal["files"] = "files"
+    paths: list[str] = Field(min_length=1, description="Files or globs (sorted), under the input roots.")
+    format: Literal["auto", "jsonl", "parquet", "arrow", "text"] = Field(
+        default="auto",
+        description="auto picks by extension: .jsonl/.json(.gz/.zst), .parquet, .arrow/.feather/.ipc, .txt/.md.",
+    )
+    weight: float = Field(default=1.0, gt=0, description="Relative share in the mixture.")
+
+
+class HFSource(TextSelection):
+    type: Literal["hf"] = "hf"
+    dataset: str = Field(description="A Hugging Face hub id (needs network) or a local dataset directory.")
+    name: str | None = Field(default=None, description="The dataset configuration name.")
+    split: str = "train"
+    streaming: bool = True
+    weight: float = Field(default=1.0, gt=0)
+
+
+class QwenTokenizerSpec(StrictModel):
+    type: Literal["qwen"] = "qwen"
+    path: str = Field(description="OpenSeek's qwen.tiktoken vocabulary file (base64 token, rank per line).")
+
+
+class HFTokenizerSpec(StrictModel):
+    type: Literal["hf"] = "hf"
+    path: str = Field(description="A Hugging Face tokenizer.json.")
+
+
+TokenizerSpec = Annotated[Union[QwenTokenizerSpec, HFTokenizerSpec], Field(discriminator="type")]
+
+
+class MegatronSource(StrictModel):
+    """Megatron indexed datasets (`<prefix>.bin` + `<prefix>.idx`), detokenized back to text."""
+
+    type: Literal["megatron"] = "megatron"
+    prefixes: list[str] | None = Field(default=None, description="Dataset prefixes (without .bin/.idx); globs allowed.")
+    data_path: list[float | str] | None = Field(
+        default=None,
+        description="Megatron's blend list as OpenSeek's configs write it: weight, prefix, weight, prefix, ...",
+        examples=[[3.0, "/data/arxiv/007_00000_text_document", 1.0, "/data/zh_cc/part_28_text_document"]],
+    )
+    tokenizer: TokenizerSpec
+    weight: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_of_prefixes_or_data_path(self):
+        if (self.prefixes is None) == (self.data_path is None):
+            raise ValueError("give exactly one of 'prefixes' or 'data_path'")
+        if self.prefixes is not None and not self.prefixes:
+            raise ValueError("'prefixes' is empty")
+        if self.data_path is not None:
+            weighted_prefixes(self.data_path)  # validates the shape
+        return self
+
+
+def weighted_prefixes(data_path: list) -> list[tuple[float, str]]:
+    """[w1, p1, w2, p2, ...] -> [(w1, p1), ...], with errors that name the offending position."""
+    if not data_path or len(data_path) % 2:
+        raise ValueError("'data_path' must be a non-empty list of weight, prefix pairs: [w1, 'prefix1', w2, 'prefix2', ...]")
+    pairs = []
+    for i in range(0, len(data_path), 2):
+        weight, prefix = data_path[i], data_path[i + 1]
+        if isinstance(weight, str):
+            try:
+                weight = float(weight)
+            except ValueError:
+                raise ValueError(f"data_path[{i}] should be a weight, got {weight!r}") from None
+        if not isinstance(prefix, str):
+            raise ValueError(f"data_path[{i + 1}] should be a prefix path, got {prefix!r}")
+        if weight <= 0:
+            raise ValueError(f"data_path[{i}]: weight must be > 0, got {weight}")
+        pairs.append((float(weight), prefix))
+    return pairs
+
+
+Source = Annotated[Union[FilesSource, HFSource, MegatronSource], Field(discriminator="type")]
+
+
+class ConvertSpec(StrictModel):
+    """What to convert and how. The body of POST /jobs/convert and the file `openseek-nanochat convert` reads."""
+
+    name: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="Names the default output dir."
+    )
+    sources: list[Source] = Field(min_length=1, description="Weighted sources, interleaved and shuffled together.")
+    output_dir: str | None = Field(default=None, description="Default: <data dir>/datasets/<name or job id>.")
+    chars_per_shard: int = Field(default=250_000_000, gt=0, description="Characters per shard (nanochat: 250M).")
+    rows_per_shard: int | None = Field(default=None, gt=0, description="Rows per shard; overrides chars_per_shard.")
+    row_group_size: int = Field(default=1024, gt=0, description="Rows per parquet row group (nanochat: 1024).")
+    max_docs: int | None = Field(default=None, gt=0, description="Stop after this many documents (all shards).")
+    max_chars: int | None = Field(default=None, gt=0, description="Stop after this many characters (all shards).")
+    max_shards: int | None = Field(default=None, ge=2, description="At most this many shards, the val shard included.")
+    min_chars: int = Field(default=0, ge=0, description="Drop documents shorter than this; empty ones always go.")
+    shuffle: bool = True
+    shuffle_buffer: int = Field(default=65_536, gt=0, description="Documents shuffled together (bounded memory).")
+    seed: int = 42
+    val_docs: int | None = Field(
+        default=None, gt=0, description="Documents in the validation shard (the last one). Default: 1%, at most 10,000."
+    )
+    on_error: Literal["fail", "skip"] = Field(
+        default="fail", description="A malformed record: fail naming file:line, or skip it and count it."
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "gsm8k",
+                    "sources": [
+                        {"type": "files", "paths": ["/data/gsm8k.jsonl"], "text_template": "{question}\n{answer}"}
+                    ],
+                    "chars_per_shard": 1_000_000,
+                }
+            ]
+        },
+    )
+
+    def fingerprint_fields(self) -> dict:
+        """The parts of the spec that shape the output; a resume must agree on all of them."""
+        return self.model_dump(mode="json", exclude={"name"})
