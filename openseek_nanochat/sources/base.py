@@ -19,6 +19,7 @@ class Batch:
     texts: pa.Array  # string or large_string, one document per element, nulls allowed (dropped later as empty)
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> records of this batch the source dropped
     stats: dict[str, int] = field(default_factory=dict)  # other counters, e.g. {"decode_replacements": 3}
+    progress: float | None = None  # fraction of the source read once this batch is consumed, where known
 
 
 class TextSource(Protocol):

@@ -1,0 +1,35 @@
+"""Helpers for conversion tests: run a spec, read shards back."""
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from openseek_nanochat.convert import convert
+from openseek_nanochat.settings import get_settings
+from openseek_nanochat.spec import ConvertSpec
+
+
+def run_spec(spec: dict, **kwargs) -> dict:
+    return convert(ConvertSpec.model_validate(spec), get_settings(), **kwargs)
+
+
+def shard_paths(out: Path) -> list[Path]:
+    return sorted(Path(out).glob("shard_*.parquet"))
+
+
+def read_docs(out: Path, split: str | None = None) -> list[str]:
+    manifest = json.loads((Path(out) / "manifest.json").read_text())
+    docs = []
+    for shard in manifest["shards"]:
+        if split is None or shard["split"] == split:
+            docs.extend(pq.read_table(Path(out) / shard["file"]).column("text").to_pylist())
+    return docs
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in shard_paths(out)}
+
+
+def jsonl_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,94 @@
+"""Resume: an interrupted conversion, re-run, ends byte-identical to an uninterrupted one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from convertutil import run_spec, shard_bytes
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_after(shards: int):
+    def on_progress(p):
+        if p["shards"] >= shards:
+            raise Crash()
+    return on_progress
+
+
+@pytest.fixture
+def mixed_spec(shared_data):
+    # 16 shards; crashing at 15 stops after the last train shard, before the val shard. Two sources, blocks smaller than shards and shards smaller than blocks both occur, a char budget with epochs.
+    return {"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")], "text_template": "{question}\n{answer}"},
+                        {"type": "files", "paths": [str(shared_data / "jsonl/cmath.jsonl")], "text_column": "question",
+                         "weight": 0.5}],
+            "chars_per_shard": 40_000, "row_group_size": 32, "shuffle_buffer": 150, "val_docs": 40}
+
+
+@pytest.mark.parametrize("crash_at", [1, 3, 7, 15])
+def test_resume_after_crash_is_byte_identical(mixed_spec, data_dir, crash_at):
+    clean = run_spec({**mixed_spec, "output_dir": str(data_dir / "clean")})
+    assert len(clean["shards"]) > crash_at
+    out = data_dir / "crashed"
+    with pytest.raises(Crash):
+        run_spec({**mixed_spec, "output_dir": str(out)}, on_progress=crash_after(crash_at))
+    partial = json.loads((out / "manifest.json").read_text())
+    assert not partial["complete"] and len(partial["shards"]) == crash_at and partial["resume"]["stream_docs"] > 0
+    assert not list(out.glob(".*.tmp"))
+    resumed = run_spec({**mixed_spec, "output_dir": str(out)})
+    assert shard_bytes(out) == shard_bytes(data_dir / "clean")
+    assert resumed["shards"] == clean["shards"] and resumed["sources"] == clean["sources"]
+
+
+def test_resume_with_budget_and_epochs(shared_data, data_dir):
+    spec = {"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/cmath.jsonl")], "text_column": "question"},
+                        {"type": "files", "paths": [str(shared_data / "jsonl/math500.jsonl")], "text_column": "problem",
+                         "weight": 3}],
+            "max_chars": 400_000, "chars_per_shard": 30_000, "row_group_size": 16, "shuffle_buffer": 100, "val_docs": 30}
+    clean = run_spec({**spec, "output_dir": str(data_dir / "clean")})
+    assert clean["sources"][1]["epochs"] > 1
+    with pytest.raises(Crash):
+        run_spec({**spec, "output_dir": str(data_dir / "crashed")}, on_progress=crash_after(5))
+    resumed = run_spec({**spec, "output_dir": str(data_dir / "crashed")})
+    assert shard_bytes(data_dir / "crashed") == shard_bytes(data_dir / "clean")
+    assert resumed["sources"] == clean["sources"]
+
+
+def test_sigkill_mid_run_then_rerun_is_byte_identical(shared_data, data_dir, tmp_path):
+    paragraphs = [p for p in (shared_data / "tinyshakespeare.txt").read_text().split("\n\n") if p.strip()]
+    big = data_dir / "big.jsonl"
+    with open(big, "w") as f:
+        for copy in range(6):
+            for i, p in enumerate(paragraphs):
+                f.write(json.dumps({"text": f"[{copy}:{i}] {p}"}) + "\n")
+    spec = {"sources": [{"type": "files", "paths": [str(big)]}], "chars_per_shard": 100_000, "row_group_size": 16,
+            "shuffle_buffer": 2000}
+    (tmp_path / "clean.json").write_text(json.dumps({**spec, "output_dir": str(data_dir / "clean")}))
+    (tmp_path / "killed.json").write_text(json.dumps({**spec, "output_dir": str(data_dir / "killed")}))
+    command = [sys.executable, "-m", "openseek_nanochat.cli", "convert", "--events"]
+    subprocess.run(command + [str(tmp_path / "clean.json")], check=True, capture_output=True)
+
+    proc = subprocess.Popen(command + [str(tmp_path / "killed.json")], stdout=subprocess.DEVNULL, env=os.environ)
+    manifest = data_dir / "killed" / "manifest.json"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if len(json.loads(manifest.read_text())["shards"]) >= 3:
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = json.loads(manifest.read_text())
+    assert not partial["complete"], "the conversion finished before it could be killed"
+    subprocess.run(command + [str(tmp_path / "killed.json")], check=True, capture_output=True)
+    assert shard_bytes(data_dir / "killed") == shard_bytes(data_dir / "clean")
+    assert not list((data_dir / "killed").glob(".*.tmp"))
