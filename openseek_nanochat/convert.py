@@ -23,6 +23,7 @@ import pyarrow as pa
 from .errors import InputError
 from .mixture import DocStream
 from .paths import check_output_path
+from .prefetch import prefetch
 from .settings import Settings, get_settings
 from .shards import MANIFEST, ShardInfo, ShardWriter, write_json_atomic
 from .sources import build_sources
@@ -173,7 +174,7 @@ class _Run:
         train_limit = spec.max_shards - 1 if spec.max_shards else None
         stopped_by_shards = train_limit is not None and len(self.shards) >= train_limit
 
-        for block in self.stream.blocks(start):
+        for block in prefetch(self.stream.blocks(start)):
             table = block.table
             snapshots.append((block.snapshot["stream_docs"], block.snapshot))
             if start is not None and block.index == start["block"]:

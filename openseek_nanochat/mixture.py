@@ -20,7 +20,9 @@ import pyarrow.compute as pc
 from .errors import InputError
 from .sources import TextSource
 
-BLOCK_CHARS_CAP = 256_000_000  # at most about this much text in one block, however long the documents
+# At most about this much text in one block, however long the documents: bounds memory (a block, the one being
+# prefetched and the ring's share of older ones are alive at once) and keeps a block's text under Arrow's 2 GB.
+BLOCK_CHARS_CAP = 64_000_000
 
 
 def _empty_texts() -> pa.Array:
@@ -112,9 +114,11 @@ class SourceReader:
         self._iter, self._docs_this_epoch = None, 0
         self.exhausted = False
 
-    def take(self, quota: int, by_chars: bool, repeat: bool) -> tuple[list[pa.Array], int, int]:
-        """Documents until `quota` units (docs, or chars: the last one may cross it). Returns (arrays, docs, chars)."""
-        parts, docs, chars = [], 0, 0
+    def take(self, quota: int, by_chars: bool, repeat: bool) -> tuple[list[pa.Array], list[np.ndarray], int, int]:
+        """Documents until `quota` units (docs, or chars: the last one may cross it).
+
+        Returns (text arrays, their lengths in chars, docs, chars)."""
+        parts, part_lengths, docs, chars = [], [], 0, 0
         while (chars if by_chars else docs) < quota:
             if self.offset >= len(self._texts):
                 if self.exhausted or not self._fetch():
@@ -130,9 +134,10 @@ class SourceReader:
                 n = quota - docs
             n = min(n, len(lengths))
             parts.append(self._texts.slice(self.offset, n))
+            part_lengths.append(lengths[:n])
             docs, chars = docs + n, chars + int(lengths[:n].sum())
             self.offset += n
-        return parts, docs, chars
+        return parts, part_lengths, docs, chars
 
     def mean_length(self) -> float | None:
         if not self.seen_docs and self.offset >= len(self._texts) and not self.exhausted:
@@ -210,12 +215,13 @@ class DocStream:
             units = self._block_units()
             target = weights * (self.emitted[active].sum() + units)
             quotas = np.maximum(0, np.ceil(target - self.emitted)).astype(np.int64)
-            parts, source_ids, took = [], [], np.zeros(len(self.readers), dtype=np.int64)
+            parts, lengths, source_ids, took = [], [], [], np.zeros(len(self.readers), dtype=np.int64)
             for i, reader in enumerate(self.readers):
                 if quotas[i] <= 0 or not active[i]:
                     continue
-                arrays, docs, chars = reader.take(int(quotas[i]), self.by_chars, self.repeat)
+                arrays, part_lengths, docs, chars = reader.take(int(quotas[i]), self.by_chars, self.repeat)
                 parts.extend(arrays)
+                lengths.extend(part_lengths)
                 source_ids.append(np.full(docs, i, dtype=np.int16))
                 took[i] = chars if self.by_chars else docs
             self.emitted += took
@@ -223,12 +229,12 @@ class DocStream:
                 if all(r.exhausted for r in self.readers) and not self.repeat:
                     return
                 continue
-            # large_string: a block of long documents can pass 2 GB of text; shards cast back per row group.
-            texts = pa.chunked_array(parts, pa.string()).cast(pa.large_string()).combine_chunks()
-            sources = np.concatenate(source_ids)
-            table = pa.table({"text": texts, "source": sources,
-                              "chars": pc.utf8_length(texts).cast(pa.int64())})
-            table = table.take(self._order(index, sources))
+            texts = pa.chunked_array(parts, pa.string())
+            if sum(p.nbytes for p in parts) >= 2**31 - 2**24:  # a freak block of huge documents: 64-bit offsets
+                texts = texts.cast(pa.large_string())
+            table = pa.table({"text": texts.combine_chunks(), "source": np.concatenate(source_ids),
+                              "chars": np.concatenate(lengths)})
+            table = table.take(self._order(index, table.column("source").to_numpy()))
             table = self._cut_at_budget(table)
             self.stream_docs += table.num_rows
             self.stream_chars += int(pc.sum(table["chars"]).as_py() or 0)

@@ -46,7 +46,8 @@ def template_fields(template: str) -> list[str]:
         if field is None:
             continue
         if not field or format_spec or conversion or any(c in field for c in ".[]"):
-            raise ValueError(f"text_template field {{{field}}} is not supported: use plain column names like {{question}}")
+            written = field + (f"!{conversion}" if conversion else "") + (f":{format_spec}" if format_spec else "")
+            raise ValueError(f"text_template field {{{written}}} is not supported: use plain column names like {{question}}")
         fields.append(field)
     return fields
 

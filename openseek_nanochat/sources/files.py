@@ -23,7 +23,8 @@ from .base import Batch, file_fingerprint
 from .text import check_columns, needed_columns, select_text
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
-COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd", ".bz2")
+CODECS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
+COMPRESSED_SUFFIXES = tuple(CODECS)
 PARQUET_SUFFIXES = (".parquet", ".pq")
 ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
 TEXT_SUFFIXES = (".txt", ".md", ".text")
@@ -50,9 +51,13 @@ def detect_format(path: Path) -> str:
     raise InputError("cannot tell the format from the file name; set \"format\" on the source", str(path))
 
 
-def _open_stream(path: Path) -> pa.NativeFile:
+def _open_stream(path: Path) -> tuple[pa.NativeFile, pa.NativeFile]:
+    """(the file's decompressed bytes, the file itself): the file's position measures progress."""
     try:
-        return pa.input_stream(str(path), compression="detect")
+        raw = pa.OSFile(str(path))
+        lower = path.name.lower()
+        codec = next((c for suffix, c in CODECS.items() if lower.endswith(suffix)), None)
+        return (pa.CompressedInputStream(raw, codec) if codec else raw), raw
     except (OSError, pa.ArrowException) as e:
         raise InputError(f"cannot open: {e}", str(path)) from None
 
@@ -88,7 +93,8 @@ class FilesTextSource:
 
     def _peek_json_schema(self, path: Path) -> pa.Schema:
         """The schema of the first complete lines of a JSONL file (a malformed first line is reported by line)."""
-        with _open_stream(path) as stream:
+        stream, _ = _open_stream(path)
+        with stream:
             head = stream.read(PEEK_BYTES)
         if len(head) == PEEK_BYTES and b"\n" in head:
             head = head[: head.rindex(b"\n") + 1]
@@ -97,8 +103,23 @@ class FilesTextSource:
         try:
             return pj.read_json(io.BytesIO(head)).schema
         except pa.ArrowInvalid:
-            self._first_bad_line(path, needed_columns(self.spec))
-            raise
+            return self._python_head_schema(path, head)
+
+    def _python_head_schema(self, path: Path, head: bytes) -> pa.Schema:
+        """Arrow rejected the first lines: parse them one by one, to name a bad line or infer around it."""
+        records = []
+        for line_number, line in enumerate(head.decode("utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(self._parse_record(line, None))
+            except ValueError as e:
+                if self.on_error == "fail":
+                    raise InputError(f"malformed JSON: {e}", f"{path}:{line_number}") from None
+        try:
+            return pa.Table.from_pylist(records).schema
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # types vary between lines: the reader renders them as text
+            return pa.schema([pa.field(name, pa.string()) for name in dict.fromkeys(k for r in records for k in r)])
 
     # -- reading ------------------------------------------------------------------------------------------------
     def fingerprint(self) -> list[dict]:
@@ -115,11 +136,13 @@ class FilesTextSource:
             if fmt == "text":
                 return  # text files are batched across files by _read_text itself
 
-    def _batch(self, index: int, row: int, table, path: Path, skipped: dict | None = None, progress=None) -> Batch:
+    def _batch(self, index: int, row: int, table, path: Path, skipped: dict | None = None,
+               bytes_read: int | None = None) -> Batch:
+        """A batch of rows of file `index`; progress counts `bytes_read` of it, or the whole file when unknown."""
         texts = select_text(table, self.spec, str(path))
-        batch = Batch(cursor={"file": index, "row": row}, texts=texts, skipped=skipped or {})
-        batch.progress = progress if progress is not None else self._bytes_before[index + 1] / self.total_bytes
-        return batch
+        done = self._bytes_before[index] + bytes_read if bytes_read is not None else self._bytes_before[index + 1]
+        return Batch(cursor={"file": index, "row": row}, texts=texts, skipped=skipped or {},
+                     progress=min(1.0, done / self.total_bytes))
 
     def _read_parquet(self, index: int, path: Path, row: int) -> Iterator[Batch]:
         try:
@@ -196,7 +219,7 @@ class FilesTextSource:
     def _read_jsonl(self, index: int, path: Path, row: int) -> Iterator[Batch]:
         schema = self._json_schema(path)
         done = 0
-        stream = _open_stream(path)
+        stream, raw = _open_stream(path)
         try:
             reader = pj.open_json(
                 stream,
@@ -206,7 +229,7 @@ class FilesTextSource:
             for record_batch in reader:
                 if done + record_batch.num_rows > row:
                     cut = max(0, row - done)
-                    yield self._batch(index, done + cut, record_batch.slice(cut), path)
+                    yield self._batch(index, done + cut, record_batch.slice(cut), path, bytes_read=raw.tell())
                 done += record_batch.num_rows
             return
         except pa.ArrowInvalid:
@@ -217,27 +240,17 @@ class FilesTextSource:
 
     def _iter_json_records(self, path: Path):
         """(line number, raw line) for every non-blank line, as Arrow's reader counts records."""
-        with _open_stream(path) as stream:
+        stream, _ = _open_stream(path)
+        with stream:
             for line_number, line in enumerate(io.TextIOWrapper(stream, encoding="utf-8", errors="strict"), 1):
                 if line.strip():
                     yield line_number, line
 
-    def _parse_record(self, line: str, schema: pa.Schema):
+    def _parse_record(self, line: str, schema: pa.Schema | None) -> dict:
         record = json.loads(line)
         if not isinstance(record, dict):
             raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-        return {name: record.get(name) for name in schema.names}
-
-    def _first_bad_line(self, path: Path, columns):
-        schema = pa.schema([pa.field(c, pa.string()) for c in columns])
-        try:
-            for line_number, line in self._iter_json_records(path):
-                try:
-                    self._parse_record(line, schema)
-                except ValueError as e:
-                    raise InputError(f"malformed JSON: {e}", f"{path}:{line_number}") from None
-        except UnicodeDecodeError as e:
-            raise InputError(f"not valid UTF-8: {e.reason}", str(path)) from None
+        return record if schema is None else {name: record.get(name) for name in schema.names}
 
     def _read_jsonl_python(self, index: int, path: Path, row: int, schema: pa.Schema) -> Iterator[Batch]:
         records, skipped, batch_row, record_index = [], {}, row, -1

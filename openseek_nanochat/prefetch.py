@@ -1,0 +1,46 @@
+"""Run a generator one step ahead in a thread, so producing the next item overlaps consuming this one.
+
+Arrow releases the GIL in its readers, kernels and writers, so on two cores reading and mixing the next block runs
+while the current one is compressed into shards. Exceptions reach the consumer at the point they happened.
+"""
+
+import queue
+import threading
+from typing import Iterator, TypeVar
+
+T = TypeVar("T")
+_DONE = object()
+
+
+def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((_DONE, None))
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put((_DONE, e))
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
