@@ -7,6 +7,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def offline_hugging_face(tmp_path_factory):
+    """No test reaches the hub (this machine can't), and `datasets` caches stay out of the user's home."""
+    os.environ["HF_HOME"] = str(tmp_path_factory.mktemp("hf_home"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
 @pytest.fixture
 def shared_data() -> Path:
     assert SHARED_DATA.is_dir(), f"the shared test data is missing: {SHARED_DATA}"

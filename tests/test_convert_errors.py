@@ -145,3 +145,10 @@ def test_cli_flags_of_the_openseek_example(data_dir, shared_data):
     manifest = json.loads((data_dir / "datasets" / "gsm8k.jsonl" / "manifest.json").read_text())
     assert manifest["spec"]["max_shards"] == 3 and manifest["spec"]["chars_per_shard"] == 100_000
     assert len(manifest["shards"]) == 3 and "wrote 3 shards (2 train + 1 val)" in proc.stdout
+
+
+def test_unreachable_hub_dataset_is_a_clear_error(data_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError, match="the Hugging Face hub is unreachable") as e:
+        run_spec({"sources": [{"type": "hf", "dataset": "BAAI/OpenSeek-Pretrain-100B"}], "name": "hub"})
+    assert e.value.where == "BAAI/OpenSeek-Pretrain-100B"

@@ -92,3 +92,21 @@ def test_sigkill_mid_run_then_rerun_is_byte_identical(shared_data, data_dir, tmp
     subprocess.run(command + [str(tmp_path / "killed.json")], check=True, capture_output=True)
     assert shard_bytes(data_dir / "killed") == shard_bytes(data_dir / "clean")
     assert not list((data_dir / "killed").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_resume_of_a_local_hf_dataset(shared_data, data_dir, streaming):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ds_dir = data_dir / "hf"
+    ds_dir.mkdir()
+    records = [json.loads(l) for l in (shared_data / "jsonl/gsm8k.jsonl").read_text().splitlines()]
+    pq.write_table(pa.table({"q": [r["question"] for r in records]}), ds_dir / "train.parquet")
+    spec = {"sources": [{"type": "hf", "dataset": str(ds_dir), "text_column": "q", "streaming": streaming}],
+            "chars_per_shard": 20_000, "row_group_size": 16, "shuffle_buffer": 300, "val_docs": 10}
+    run_spec({**spec, "output_dir": str(data_dir / "clean")})
+    with pytest.raises(Crash):
+        run_spec({**spec, "output_dir": str(data_dir / "crashed")}, on_progress=crash_after(2))
+    run_spec({**spec, "output_dir": str(data_dir / "crashed")})
+    assert shard_bytes(data_dir / "crashed") == shard_bytes(data_dir / "clean")

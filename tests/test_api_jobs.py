@@ -1,0 +1,125 @@
+"""Convert jobs through the running service: submit, poll, manifest, logs, listing, idempotency, delete."""
+
+import json
+
+import pytest
+
+from serverutil import SHARED_DATA, start_server, wait_for_state
+
+GSM8K = str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")
+
+
+def gsm8k_spec(**extra) -> dict:
+    return {
+        "sources": [{"type": "files", "paths": [GSM8K], "text_template": "{question}\n{answer}"}],
+        "chars_per_shard": 100_000,
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with start_server(tmp_path_factory.mktemp("jobs") / "data", workers=1) as server:
+        yield server
+
+
+def test_submit_poll_succeeded_manifest(server):
+    client = server.client
+    response = client.post("/jobs/convert", json=gsm8k_spec(name="gsm8k"))
+    assert response.status_code == 202
+    job = response.json()
+    assert response.headers["Location"] == f"/jobs/{job['id']}"
+    assert job["state"] in ("queued", "running") and job["kind"] == "convert"
+    assert job["spec"]["output_dir"] == str(server.data_dir.resolve() / "datasets" / "gsm8k")
+
+    job = wait_for_state(client, job["id"], "succeeded")
+    assert job["attempts"] == 1 and job["error"] is None and job["worker_id"]
+    progress = job["progress"]
+    assert progress["fraction"] == 1.0 and progress["docs"] == 1319 and progress["shards"] == job["result"]["shards"]
+    assert {"chars", "rate", "eta_s", "message"} <= progress.keys()
+    assert job["result"]["docs"] == 1319 and job["started_at"] <= job["finished_at"]
+
+    manifest = client.get(f"/jobs/{job['id']}/manifest").json()
+    assert manifest["output_dir"] == job["spec"]["output_dir"]
+    assert manifest["complete"] is True
+    on_disk = json.loads((server.data_dir / "datasets" / "gsm8k" / "manifest.json").read_text())
+    assert [s["file"] for s in manifest["shards"]] == [s["file"] for s in on_disk["shards"]]
+    for shard in manifest["shards"]:
+        assert (server.data_dir / "datasets" / "gsm8k" / shard["file"]).is_file()
+
+    assert client.get(f"/jobs/{job['id']}/metrics").json() == []
+    listed = client.get("/jobs", params={"kind": "convert", "state": "succeeded"}).json()
+    assert job["id"] in [j["id"] for j in listed["jobs"]]
+    assert client.get("/jobs", params={"state": "failed"}).json()["total"] == 0
+
+
+def test_logs_are_incremental(server):
+    client = server.client
+    job = client.post("/jobs/convert", json=gsm8k_spec(max_docs=300)).json()
+    wait_for_state(client, job["id"], "succeeded")
+    whole = client.get(f"/jobs/{job['id']}/logs").json()
+    assert whole["complete"] and whole["next_offset"] == whole["size"] > 0
+    assert "attempt 1 started" in whole["text"] and '"type": "result"' in whole["text"]
+
+    pieces, offset = [], 0
+    while True:
+        chunk = client.get(f"/jobs/{job['id']}/logs", params={"offset": offset, "limit": 100}).json()
+        if not chunk["text"]:
+            break
+        assert chunk["offset"] == offset
+        pieces.append(chunk["text"])
+        offset = chunk["next_offset"]
+    assert "".join(pieces) == whole["text"]
+    past_end = client.get(f"/jobs/{job['id']}/logs", params={"offset": 10**9}).json()
+    assert past_end["text"] == "" and past_end["next_offset"] == whole["size"]
+
+
+def test_idempotency_key_returns_the_same_job(server):
+    client = server.client
+    spec = gsm8k_spec(max_docs=100)
+    first = client.post("/jobs/convert", json=spec, headers={"Idempotency-Key": "retry-1"})
+    again = client.post("/jobs/convert", json=spec, headers={"Idempotency-Key": "retry-1"})
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"] and again.headers["Idempotent-Replayed"] == "true"
+    assert again.headers["Location"] == first.headers["Location"]
+
+    other = client.post("/jobs/convert", json=gsm8k_spec(max_docs=101), headers={"Idempotency-Key": "retry-1"})
+    assert other.status_code == 409
+    assert other.json()["detail"] == (
+        f"Idempotency-Key 'retry-1' was already used for a different request (job {first.json()['id']}); use a new key"
+    )
+    fresh = client.post("/jobs/convert", json=spec, headers={"Idempotency-Key": "retry-2"})
+    assert fresh.json()["id"] != first.json()["id"]
+    for job in (first.json(), fresh.json()):
+        wait_for_state(client, job["id"], "succeeded")
+
+
+def test_delete_and_purge(server):
+    client = server.client
+    kept = wait_for_state(client, client.post("/jobs/convert", json=gsm8k_spec(name="kept", max_docs=200)).json()["id"])
+    purged = wait_for_state(client, client.post("/jobs/convert", json=gsm8k_spec(name="gone", max_docs=200)).json()["id"])
+    datasets = server.data_dir / "datasets"
+    assert (datasets / "kept" / "manifest.json").is_file() and (datasets / "gone" / "manifest.json").is_file()
+
+    deleted = client.delete(f"/jobs/{kept['id']}").json()
+    assert deleted == {"id": kept["id"], "removed": [str(server.data_dir.resolve() / "jobs" / kept["id"])]}
+    assert (datasets / "kept" / "manifest.json").is_file()  # outputs stay without purge
+
+    deleted = client.delete(f"/jobs/{purged['id']}", params={"purge": "true"}).json()
+    assert str(datasets.resolve() / "gone") in deleted["removed"] and not (datasets / "gone").exists()
+
+    for job in (kept, purged):
+        assert client.get(f"/jobs/{job['id']}").status_code == 404
+        assert client.delete(f"/jobs/{job['id']}").json() == {"detail": f"no job with id {job['id']!r}"}
+
+
+def test_docs_are_served_without_a_cdn(server):
+    page = server.client.get("/docs")
+    assert page.status_code == 200
+    assert "http" not in page.text.split("<body>")[0].replace(server.base_url, "")
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/static/swagger-ui/{asset}" in page.text
+        assert server.client.get(f"/static/swagger-ui/{asset}").status_code == 200
+    schema = server.client.get("/openapi.json").json()
+    body = schema["paths"]["/jobs/convert"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["examples"]["jsonl"]["value"]["sources"][0]["type"] == "files"
