@@ -8,11 +8,13 @@ Prefixes: each pattern names parts by prefix; a trailing `.idx` or `.bin` is ign
 becomes one source per entry, weighted spec.weight * w_i / sum(w). Cursor: {"part": k, "doc": i}, the first document
 of a batch. Batches hold about BATCH_TOKENS tokens of whole documents.
 
-Decoding runs on DECODE_THREADS threads a few batches ahead of the reader: the work (page faults on the memory map,
-Arrow's take, UTF-8 validation) happens outside the GIL, so it scales with cores and overlaps with whatever the
-consumer does with the previous batch.
+Decoding runs on DECODE_THREADS threads, DECODE_THREADS batches ahead of the consumer: the work (page faults on the
+memory map, Arrow's take, UTF-8 validation) happens outside the GIL, so it scales with cores and overlaps with whatever
+the consumer does with the previous batch. All sources share one pool, so a data_path of 84 parts read side by side
+holds at most 84 * (DECODE_THREADS + 1) batches, not 84 pools' worth of threads.
 """
 
+import functools
 import glob
 import os
 from collections import deque
@@ -32,6 +34,11 @@ from .base import Batch, file_fingerprint
 BATCH_TOKENS = 1 << 20  # about 3-4 MB of text with the Qwen vocabulary, English or Chinese
 BATCH_DOCS = 16_384  # bounds batches of tiny documents, and how far ahead a batch is planned
 DECODE_THREADS = min(4, os.cpu_count() or 1)
+
+
+@functools.cache
+def decode_pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="megatron-decode")
 
 
 def expand_prefixes(patterns: list[str], settings: Settings) -> list[str]:
@@ -92,21 +99,21 @@ class MegatronTextSource:
         indexes = [self._open(prefix) for prefix in self.prefixes]
         docs_before = np.cumsum([0] + [index.num_documents for index in indexes])
         total = max(int(docs_before[-1]), 1)
+        pool = decode_pool(DECODE_THREADS)
         pending: deque = deque()
-        with ThreadPoolExecutor(DECODE_THREADS) as pool:
-            try:
-                for part in range(start_part, len(indexes)):
-                    first = start_doc if part == start_part else 0
-                    for start, stop in batch_ranges(indexes[part], first):
-                        progress = (docs_before[part] + stop) / total
-                        pending.append(pool.submit(self._decode, part, indexes[part], start, stop, progress))
-                        if len(pending) > 2 * DECODE_THREADS:
-                            yield pending.popleft().result()
-                while pending:
-                    yield pending.popleft().result()
-            finally:  # the consumer may stop early: drop the batches decoded ahead for it
-                for future in pending:
-                    future.cancel()
+        try:
+            for part in range(start_part, len(indexes)):
+                first = start_doc if part == start_part else 0
+                for start, stop in batch_ranges(indexes[part], first):
+                    progress = (docs_before[part] + stop) / total
+                    pending.append(pool.submit(self._decode, part, indexes[part], start, stop, progress))
+                    if len(pending) > DECODE_THREADS:
+                        yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # the consumer may stop early: drop the batches queued ahead for it
+            for future in pending:
+                future.cancel()
 
     def _decode(self, part: int, index: MegatronIndex, start: int, stop: int, progress: float) -> Batch:
         tokens, offsets = index.read_documents(start, stop)
