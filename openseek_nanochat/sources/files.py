@@ -109,13 +109,8 @@ class FilesTextSource:
         """Arrow rejected the first lines: parse them one by one, to name a bad line or infer around it."""
         records = []
         for line_number, line in enumerate(head.decode("utf-8", errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(self._parse_record(line, None))
-            except ValueError as e:
-                if self.on_error == "fail":
-                    raise InputError(f"malformed JSON: {e}", f"{path}:{line_number}") from None
+            if line.strip() and (record := self._parse_line(line, line_number, path, None)) is not None:
+                records.append(record)
         try:
             return pa.Table.from_pylist(records).schema
         except (pa.ArrowInvalid, pa.ArrowTypeError):  # types vary between lines: the reader renders them as text
@@ -252,6 +247,15 @@ class FilesTextSource:
             raise ValueError(f"expected a JSON object, got {type(record).__name__}")
         return record if schema is None else {name: record.get(name) for name in schema.names}
 
+    def _parse_line(self, line: str, line_number: int, path: Path, schema: pa.Schema | None) -> dict | None:
+        """The line's record; None for a malformed line under on_error="skip", an error naming file:line otherwise."""
+        try:
+            return self._parse_record(line, schema)
+        except ValueError as e:
+            if self.on_error == "fail":
+                raise InputError(f"malformed JSON: {e}", f"{path}:{line_number}") from None
+            return None
+
     def _read_jsonl_python(self, index: int, path: Path, row: int, schema: pa.Schema) -> Iterator[Batch]:
         records, skipped, batch_row, record_index = [], {}, row, -1
         try:
@@ -259,13 +263,10 @@ class FilesTextSource:
                 record_index += 1
                 if record_index < row:
                     continue
-                try:
-                    records.append(self._parse_record(line, schema))
-                except ValueError as e:
-                    if self.on_error == "fail":
-                        raise InputError(f"malformed JSON: {e}", f"{path}:{line_number}") from None
+                record = self._parse_line(line, line_number, path, schema)
+                if record is None:
                     skipped["malformed"] = skipped.get("malformed", 0) + 1
-                    records.append(None)
+                records.append(record)
                 if len(records) == ROWS_PER_BATCH:
                     yield self._python_batch(index, batch_row, records, skipped, schema, path)
                     batch_row += len(records)
