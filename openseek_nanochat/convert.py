@@ -10,6 +10,7 @@ A re-run reads the manifest, regenerates the stream from the last resume point a
 uninterrupted run; a different spec or changed inputs are refused rather than mixed.
 """
 
+import bisect
 import json
 import shutil
 import time
@@ -72,6 +73,9 @@ class _Run:
         self.last_progress = 0.0
         self.resume_from: dict | None = None
         self.stream: DocStream | None = None
+        self.snapshots: deque = deque()  # (stream index where a block starts, its snapshot), oldest still unwritten
+        self.fed = 0  # stream index of the next document to hand to the shard writer
+        self.best_fraction = 0.0
 
     # -- manifest -------------------------------------------------------------------------------------------------
     def _fingerprint(self) -> dict:
@@ -168,7 +172,8 @@ class _Run:
         spec = self.spec
         w = self.resume_from["stream_docs"] if self.resume_from else 0  # stream index of the next train document
         start = self.resume_from["block"] if self.resume_from else None
-        snapshots: deque = deque()  # (stream index where the block starts, snapshot) of blocks not yet all written
+        snapshots = self.snapshots
+        self.fed = w
         ring: list[pa.Table] = []
         ring_rows = 0
         train_limit = spec.max_shards - 1 if spec.max_shards else None
@@ -184,6 +189,7 @@ class _Run:
             # Feed the writer one row group at a time, so a shard never closes with documents queued behind it.
             while ring_rows - self.holdback >= writer.next_group_rows() and not stopped_by_shards:
                 group, ring, ring_rows = _pop_front(ring, ring_rows, writer.next_group_rows())
+                self.fed += group.num_rows
                 for info in writer.add(group):
                     w += info.rows
                     self._shard_done(info, w, snapshots)
@@ -205,6 +211,7 @@ class _Run:
                     f"only {total} document(s) after filtering; a dataset needs at least one train document and "
                     f"{val_count} validation document(s) (val_docs). Add data or lower val_docs/min_chars", "sources")
             train_rest = tail.slice(0, tail_rows - val_count)
+            self.fed += train_rest.num_rows
             for info in writer.add(train_rest) + writer.finish():
                 w += info.rows
                 self._shard_done(info, w, snapshots)
@@ -239,13 +246,31 @@ class _Run:
         elapsed = max(1e-9, now - self.started)
         docs = self.stream.stream_docs if self.stream else 0
         chars = self.stream.stream_chars if self.stream else 0
-        fraction = fraction if fraction is not None else (self.stream.progress() if self.stream else None)
+        fraction = fraction if fraction is not None else self._fraction()
         eta = elapsed * (1 - fraction) / fraction if fraction and 0 < fraction < 1 else (0.0 if fraction == 1 else None)
         self.on_progress({
             "fraction": fraction, "docs": docs, "chars": chars, "shards": len(self.shards),
             "rate": docs / elapsed, "mb_per_s": chars / elapsed / 1e6, "eta_s": eta,
             "message": message or f"{docs:,} docs, {len(self.shards)} shards",
         })
+
+
+    def _fraction(self) -> float | None:
+        """How far the run is, by what has been written rather than read: the read side runs a block or two ahead,
+        which for a small input would show 100% while shards are still being written. Within the block holding
+        the writer's position, the progress is interpolated between the block's start and end."""
+        if not self.snapshots:
+            return self.stream.progress() if self.stream else None
+        starts = [start for start, _ in self.snapshots]
+        i = max(0, bisect.bisect_right(starts, self.fed) - 1)
+        start, p0 = starts[i], self.snapshots[i][1]["progress"]
+        end, p1 = (starts[i + 1], self.snapshots[i + 1][1]["progress"]) if i + 1 < len(starts) \
+            else (self.stream.stream_docs, self.stream.progress())
+        if p0 is None or p1 is None:
+            return None
+        estimate = min(1.0, p0 + (p1 - p0) * (self.fed - start) / max(1, end - start))
+        self.best_fraction = max(self.best_fraction, estimate)  # estimates wobble at block edges; never go back
+        return self.best_fraction
 
 
 def _source_type(source) -> str:

@@ -169,6 +169,7 @@ class DocStream:
 
     def snapshot(self, block_index: int) -> dict:
         return {"block": block_index, "stream_docs": self.stream_docs, "stream_chars": self.stream_chars,
+                "progress": self.progress(),
                 "emitted": self.emitted.tolist(), "readers": [r.state() for r in self.readers]}
 
     def restore(self, snapshot: dict) -> None:
