@@ -43,7 +43,7 @@ class SourceReader:
         self.stats: Counter = Counter()
         self.seen_docs = 0  # kept documents fetched (whole batches), for the mean length
         self.seen_chars = 0
-        self.progress = 0.0
+        self._progress_span = (0.0, 0.0)  # the source's progress before and after the held batch
         self._iter = None
         self._texts = _empty_texts()
         self._lengths = np.zeros(0, np.int64)
@@ -54,20 +54,21 @@ class SourceReader:
     def state(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor, "offset": self.offset, "exhausted": self.exhausted,
                 "skipped": dict(self.skipped), "stats": dict(self.stats), "seen_docs": self.seen_docs,
-                "seen_chars": self.seen_chars, "progress": self.progress}
+                "seen_chars": self.seen_chars, "progress_span": self._progress_span}
 
     def restore(self, state: dict) -> None:
         self.epoch, self.cursor, self.offset = state["epoch"], state["cursor"], state["offset"]
         self.exhausted = state["exhausted"]
         self.skipped, self.stats = Counter(state["skipped"]), Counter(state["stats"])
-        self.seen_docs, self.seen_chars, self.progress = state["seen_docs"], state["seen_chars"], state["progress"]
+        self.seen_docs, self.seen_chars = state["seen_docs"], state["seen_chars"]
+        self._progress_span = tuple(state["progress_span"])
         self._docs_this_epoch = 1 if self.seen_docs else 0  # only a source that never had a document can't repeat
         if self.cursor is not None and not self.exhausted:
             self._iter = iter(self.source.read(self.cursor))
             self._count_next = False
-            offset = self.offset
+            offset, span = self.offset, self._progress_span
             self._fetch()
-            self.offset = offset
+            self.offset, self._progress_span = offset, span
 
     # -- reading --------------------------------------------------------------------------------------------------
     def _fetch(self) -> bool:
@@ -100,12 +101,19 @@ class SourceReader:
                 self.seen_chars += int(kept_lengths.sum())
             self._count_next = True
             if batch.progress is not None:
-                self.progress = batch.progress
+                self._progress_span = (self._progress_span[1], batch.progress)
             self.cursor, self.offset = batch.cursor, 0
             self._texts, self._lengths = kept, kept_lengths
             if len(kept):
                 self._docs_this_epoch += len(kept)
                 return True
+
+    @property
+    def progress(self) -> float:
+        """The fraction of the source taken, interpolated through the held batch (a batch can be a whole file)."""
+        before, after = self._progress_span
+        held = len(self._texts)
+        return after if not held else before + (after - before) * min(self.offset, held) / held
 
     def _new_epoch(self) -> None:
         if self._docs_this_epoch == 0:

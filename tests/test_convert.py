@@ -193,3 +193,14 @@ def test_manifest_records_inputs_and_spec(shared_data, data_dir):
                                         "mtime": path.stat().st_mtime_ns / 1e9}]
     assert m["spec"]["sources"][0]["text_column"] == "answer" and m["output_dir"] == str(data_dir / "fp")
     assert json.loads((data_dir / "fp" / "manifest.json").read_text())["complete"] is True
+
+
+def test_progress_follows_the_writing_of_a_single_file(shared_data, data_dir):
+    reports = []
+    run_spec({"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")], "text_column": "answer"}],
+              "output_dir": str(data_dir / "p"), "chars_per_shard": 20_000, "row_group_size": 16,
+              "shuffle_buffer": 200, "val_docs": 10}, on_progress=reports.append)
+    fractions = [r["fraction"] for r in reports]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert len({f for f in fractions if 0 < f < 1}) >= 10, fractions  # it moves while shards are written
+    assert reports[-1]["shards"] == 18 and reports[-1]["message"] == "done"
