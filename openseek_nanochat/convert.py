@@ -218,7 +218,7 @@ class _Run:
             val = tail.slice(tail_rows - val_count)
         if val is None or val.num_rows == 0:
             raise InputError("no documents left for the validation shard", "sources")
-        info = writer.write_whole(val, split="val")
+        info = writer.write_val(val)
         self._record(info)
         manifest = self._write_manifest(complete=True, resume=None)
         self._progress(force=True, message="done", fraction=1.0)

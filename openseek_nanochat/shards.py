@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 MANIFEST = "manifest.json"
+VAL_MIN_ROW_GROUPS = 8  # enough for one node of 8 GPUs
 SCHEMA = pa.schema([pa.field("text", pa.string())])
 # Fixed writer settings: together with a deterministic document order they make re-runs byte-identical.
 WRITER_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=False, write_statistics=False)
@@ -102,12 +103,14 @@ class ShardWriter:
             done.append(self._close("train"))
         return done
 
-    def write_whole(self, table: pa.Table, split: str) -> ShardInfo:
-        """One complete shard from a table (the validation shard)."""
+    def write_val(self, table: pa.Table) -> ShardInfo:
+        """The validation shard, in at least VAL_MIN_ROW_GROUPS row groups where it has the rows: nanochat's loaders
+        give each rank its own row groups of the validation shard, so one big group would leave ranks without data."""
         assert self._open is None and not self._pending_rows
-        for start in range(0, table.num_rows, self.row_group_size):
-            self._append(table.slice(start, self.row_group_size))
-        return self._close(split)
+        group_rows = max(1, min(self.row_group_size, -(-table.num_rows // VAL_MIN_ROW_GROUPS)))
+        for start in range(0, table.num_rows, group_rows):
+            self._append(table.slice(start, group_rows))
+        return self._close("val")
 
     def abort(self) -> None:
         """Drop the shard being written: a failed run must not leave half a shard behind, even under a temp name."""

@@ -204,3 +204,10 @@ def test_progress_follows_the_writing_of_a_single_file(shared_data, data_dir):
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert len({f for f in fractions if 0 < f < 1}) >= 10, fractions  # it moves while shards are written
     assert reports[-1]["shards"] == 18 and reports[-1]["message"] == "done"
+
+
+def test_validation_shard_has_a_row_group_for_each_of_8_ranks(shared_data, data_dir):
+    m = run_spec({"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")], "text_column": "answer"}],
+                  "output_dir": str(data_dir / "v"), "val_docs": 100})
+    val = pq.ParquetFile(data_dir / "v" / m["shards"][-1]["file"])
+    assert [val.metadata.row_group(i).num_rows for i in range(val.num_row_groups)] == [13] * 7 + [9]
