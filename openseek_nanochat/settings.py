@@ -29,6 +29,16 @@ class Settings(BaseSettings):
     nanochat_dir: Path | None = Field(default=None, description="A nanochat checkout for the nanochat training backend.")
     max_attempts: int = Field(default=3, ge=1, description="How often a job whose worker died is retried.")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest accepted request body.")
+    poll_seconds: float = Field(
+        default=0.5, gt=0, description="How often a worker looks for work and, while running a job, reports to the database."
+    )
+    kill_grace_seconds: float = Field(
+        default=10.0, ge=0, description="How long a cancelled job's processes get between SIGTERM and SIGKILL."
+    )
+    job_nice: int = Field(
+        default=10, ge=0, le=19,
+        description="CPU niceness of job processes: a busy machine still answers API requests at once (0: same as the API).",
+    )
 
     @cached_property
     def resolved_data_dir(self) -> Path:

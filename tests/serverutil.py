@@ -111,16 +111,21 @@ def stop_process(process: subprocess.Popen, timeout: float = 20) -> None:
 
 @contextmanager
 def start_server(
-    data_dir: Path, workers: int = 0, env: dict[str, str] | None = None, token: str | None = None
+    data_dir: Path,
+    workers: int = 0,
+    env: dict[str, str] | None = None,
+    token: str | None = None,
+    access_log: bool = False,
 ) -> Iterator[Server]:
-    """Run `serve` over `data_dir` until the block ends. `token` sets the server's API token and the client's header."""
+    """Run `serve` over `data_dir` until the block ends. `token` sets the server's API token and the client's header;
+    `env` adds to (or overrides) `service_env`."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     extra = dict(env or {})
     if token:
         extra["OPENSEEK_NANOCHAT_API_TOKEN"] = token
     log_path = data_dir.parent / f"server-{port}.log"
-    argv = cli("serve", "--port", str(port), "--workers", str(workers), "--no-access-log")
+    argv = cli("serve", "--port", str(port), "--workers", str(workers), "--access-log" if access_log else "--no-access-log")
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(argv, env=service_env(data_dir, extra), stdout=log_file, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"

@@ -147,3 +147,17 @@ def test_token_required_when_set(tmp_path):
         assert server.client.get("/workers").json() == []
         # The docs and the schema are public, so the browser can load the page that asks for the token.
         assert anonymous.get("/docs").status_code == 200 and anonymous.get("/openapi.json").status_code == 200
+
+
+def test_two_unfinished_jobs_cannot_write_one_folder(server):
+    client = server.client
+    spec = {"name": "shared-out", "sources": [files_source(GSM8K, text_column="question")]}
+    first = client.post("/jobs/convert", json=spec).json()
+    second = client.post("/jobs/convert", json={**spec, "seed": 1})
+    assert second.status_code == 409
+    assert second.json()["detail"] == (
+        f"job {first['id']} (queued) already writes to {server.data_dir.resolve() / 'datasets' / 'shared-out'}; "
+        "wait for it, cancel it, or choose another name or output_dir"
+    )
+    client.post(f"/jobs/{first['id']}/cancel")
+    assert client.post("/jobs/convert", json={**spec, "seed": 1}).status_code == 202

@@ -1,0 +1,105 @@
+"""Take the dashboard screenshots of the README: docs/dashboard.png, docs/job-convert.png and docs/job-train.png.
+
+    .venv/bin/python docs/screenshots.py
+
+Runs the real service (the API and one worker) over a temporary data dir, converts the shared test data, trains a
+tiny model on CPU on one of the conversions, and photographs the pages in headless Chromium (/usr/bin/chromium).
+"""
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+DOCS = Path(__file__).resolve().parent
+sys.path.insert(0, str(DOCS.parent / "tests"))
+
+from app import jobfiles  # noqa: E402
+from browserutil import launch  # noqa: E402
+from app.models import JobState, new_job_id  # noqa: E402
+from openseek_nanochat.settings import Settings  # noqa: E402
+from openseek_nanochat.train_spec import TrainSpec  # noqa: E402
+from serverutil import SHARED_DATA, cli, service_env, shakespeare_jsonl, start_server, wait_for_state, wait_until  # noqa: E402
+from storedjobs import insert_train_job  # noqa: E402
+
+TRAIN_SPEC = {
+    "tokenizer": {"vocab_size": 1024, "max_chars": 600_000}, "depth": 2, "head_dim": 64, "max_seq_len": 128,
+    "device_batch_size": 8, "num_iterations": 60, "eval_every": 10, "eval_tokens": 4096, "warmup_steps": 2,
+    "nproc_per_node": 1, "device": "cpu",
+}
+
+
+def convert(client, name: str, paths: list[str], **options) -> dict:
+    spec = {"name": name, "sources": [{"type": "files", "paths": paths, **options.pop("source", {})}], **options}
+    return client.post("/jobs/convert", json=spec).raise_for_status().json()
+
+
+def train(server, dataset: str) -> str:
+    """A train job over HTTP; where this build has no train jobs yet, the same spec run by `openseek-nanochat train`
+    in the foreground and recorded as a finished job with the metrics it wrote."""
+    spec = {**TRAIN_SPEC, "dataset": dataset}
+    response = server.client.post("/jobs/train", json=spec)
+    if response.status_code == 202:
+        return wait_for_state(server.client, response.json()["id"], "succeeded", timeout=600)["id"]
+
+    job_id = new_job_id()
+    spec_file = server.data_dir.parent / "train.json"
+    spec_file.write_text(json.dumps(spec))
+    folder = jobfiles.job_dir(Settings(data_dir=server.data_dir), job_id)
+    folder.mkdir(parents=True)
+    env = service_env(server.data_dir, {"OPENSEEK_NANOCHAT_JOB_ID": job_id})
+    started = time.monotonic()
+    with open(folder / jobfiles.LOG, "wb") as log:
+        subprocess.run(cli("train", str(spec_file)), env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
+    records = [json.loads(line) for line in (server.data_dir / "runs" / job_id / "metrics.jsonl").read_text().splitlines()]
+    prepared = TrainSpec.model_validate(spec).model_dump(mode="json")
+    insert_train_job(server.data_dir, prepared, records, JobState.succeeded, job_id,
+                     duration=timedelta(seconds=time.monotonic() - started))
+    return job_id
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp, start_server(Path(tmp) / "data", workers=1) as server:
+        client = server.client
+        gsm8k = convert(client, "gsm8k", [str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")], chars_per_shard=100_000,
+                        source={"text_template": "{question}\n{answer}"})
+        corpus = shakespeare_jsonl(Path(tmp) / "shakespeare.jsonl", copies=10)
+        shakespeare = convert(client, "shakespeare", [str(corpus)], max_docs=12_000, chars_per_shard=250_000)
+        for job in (gsm8k, shakespeare):
+            wait_for_state(client, job["id"], "succeeded")
+        train_id = train(server, client.get(f"/jobs/{shakespeare['id']}/manifest").json()["output_dir"])
+
+        cancelled = convert(client, "cancelled-run", [str(corpus)], chars_per_shard=20_000)
+        wait_for_state(client, cancelled["id"], "running")
+        client.post(f"/jobs/{cancelled['id']}/cancel")
+        wait_for_state(client, cancelled["id"], "cancelled")
+        running = convert(client, "shakespeare-x10", [str(corpus)], max_docs=72_000, chars_per_shard=20_000,
+                          row_group_size=16, shuffle_buffer=2000)
+
+        with sync_playwright() as playwright:
+            browser = launch(playwright)
+            page = browser.new_page(base_url=server.base_url, viewport={"width": 1280, "height": 720})
+            page.goto("/")
+            wait_until(lambda: 0.3 < ((client.get(f"/jobs/{running['id']}").json()["progress"] or {}).get("fraction") or 0),
+                       timeout=120, what="the conversion a third done")
+            page.wait_for_timeout(1600)  # one refresh of the list
+            page.screenshot(path=DOCS / "dashboard.png")
+
+            page.goto(f"/#/jobs/{shakespeare['id']}")
+            page.locator("#manifest tbody tr").first.wait_for()
+            page.screenshot(path=DOCS / "job-convert.png", full_page=True)
+
+            page.goto(f"/#/jobs/{train_id}")
+            page.locator("#loss-chart polyline").wait_for()
+            page.screenshot(path=DOCS / "job-train.png", full_page=True)
+            browser.close()
+        wait_for_state(client, running["id"], "succeeded", timeout=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""A worker: claim a job, run it, repeat, until told to stop (SIGTERM or SIGINT).
+
+While idle it polls with a read that takes no lock (is anything queued, or any lease expired?) and only then opens a
+write transaction to expire lost leases and claim. Stopping while a job runs stops the job's processes and puts the
+job back in the queue for the next worker, where it resumes.
+"""
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from app import jobfiles, queue
+from app.db import make_engine
+from app.migrate import check_schema
+from openseek_nanochat.settings import Settings
+
+from . import runner
+
+log = logging.getLogger(__name__)
+
+FORGET_WORKERS_AFTER_SECONDS = 3600  # dead workers stay listed (alive: false) this long
+
+
+class Worker:
+    def __init__(self, settings: Settings, engine: Engine | None = None):
+        self.settings = settings
+        self.engine = engine or make_engine(settings.sqlalchemy_url)
+        self.host = socket.gethostname()
+        self.id = f"{self.host}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.stopping = threading.Event()
+
+    def stop(self, *_args) -> None:
+        self.stopping.set()
+
+    def run(self) -> int:
+        check_schema(self.engine)
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        queue.forget_dead_workers(self.engine, FORGET_WORKERS_AFTER_SECONDS)
+        queue.register_worker(self.engine, self.id, self.host, os.getpid())
+        log.info("worker %s started (database %s)", self.id, self.engine.url.render_as_string(hide_password=True))
+        try:
+            self._loop()
+        finally:
+            queue.unregister_worker(self.engine, self.id)
+            self.engine.dispose()
+            log.info("worker %s stopped", self.id)
+        return 0
+
+    def _loop(self) -> None:
+        idle_beat_every = self.settings.lease_seconds / 3
+        last_beat = time.monotonic()
+        while not self.stopping.is_set():
+            try:
+                claim = self._next_claim()
+                if claim is not None:
+                    log.info("job %s (%s): attempt %d", claim.job_id, claim.kind, claim.attempt)
+                    runner.run(claim, self.settings, self.engine, self.stopping)
+                    last_beat = time.monotonic()
+                    continue
+                if time.monotonic() - last_beat >= idle_beat_every:
+                    queue.worker_heartbeat(self.engine, self.id, job_id=None)
+                    last_beat = time.monotonic()
+            except SQLAlchemyError as error:
+                log.warning("database error, retrying shortly: %s", error)
+                self.stopping.wait(5 * self.settings.poll_seconds)
+                continue
+            self.stopping.wait(self.settings.poll_seconds)
+
+    def _next_claim(self) -> queue.Claim | None:
+        if not queue.work_waiting(self.engine):
+            return None
+        expired = queue.expire_leases(self.engine, self.settings.max_attempts)
+        queue.note_expired(expired, jobfiles.jobs_root(self.settings), self.settings.max_attempts)
+        return queue.claim(self.engine, self.id, self.settings.lease_seconds)
