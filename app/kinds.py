@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+from sqlalchemy import Engine
 
 from openseek_nanochat.settings import Settings
+from openseek_nanochat.errors import InputError
 from openseek_nanochat.spec import ConvertSpec
+from openseek_nanochat.train_spec import TrainSpec
 
 
 @dataclass(frozen=True)
@@ -21,19 +24,20 @@ class JobKind:
     name: str
     spec_model: type[BaseModel]
     # Checks everything knowable at submit (raising InputError, PathPolicyError or another ValueError with a message a
-    # user can act on) and fills defaults that depend on the job id. Returns the spec the job will run.
-    prepare: Callable[[BaseModel, Settings, str], BaseModel]
+    # user can act on) and fills defaults that depend on the job id. Returns the spec the job will run. The engine
+    # lets a spec refer to other jobs (a train job names the convert job whose shards it reads).
+    prepare: Callable[[BaseModel, Settings, str, Engine], BaseModel]
     # The job process's argv, given the file holding the prepared spec (JSON).
     command: Callable[[Path], list[str]]
-    # Folders the job writes outside its job dir; `DELETE /jobs/{id}?purge=true` removes them.
-    outputs: Callable[[dict], list[str]]
+    # Folders the job (spec, id) writes outside its job dir; `DELETE /jobs/{id}?purge=true` removes them.
+    outputs: Callable[[dict, str], list[str]]
     # The manifest describing the outputs, if this kind writes one.
     manifest: Callable[[dict], Path | None] = lambda spec: None
     summary: str = ""
     examples: dict[str, Any] = field(default_factory=dict)  # OpenAPI examples for the request body
 
 
-def _prepare_convert(spec: ConvertSpec, settings: Settings, job_id: str) -> ConvertSpec:
+def _prepare_convert(spec: ConvertSpec, settings: Settings, job_id: str, engine: Engine) -> ConvertSpec:
     from openseek_nanochat import convert
 
     return convert.prepare(spec, settings, job_id)
@@ -48,7 +52,7 @@ CONVERT = JobKind(
     spec_model=ConvertSpec,
     prepare=_prepare_convert,
     command=_cli_command("convert"),
-    outputs=lambda spec: [spec["output_dir"]],
+    outputs=lambda spec, job_id: [spec["output_dir"]],
     manifest=lambda spec: Path(spec["output_dir"]) / "manifest.json",
     summary="Convert datasets into nanochat parquet shards",
     examples={
@@ -79,7 +83,61 @@ CONVERT = JobKind(
     },
 )
 
-KINDS: dict[str, JobKind] = {kind.name: kind for kind in (CONVERT,)}
+
+
+def _prepare_train(spec: TrainSpec, settings: Settings, job_id: str, engine: Engine) -> TrainSpec:
+    from openseek_nanochat import train_job
+
+    from . import store
+
+    def convert_output(dataset: str) -> str | None:
+        """The shard dir of the convert job `dataset` names, once it has succeeded; None when it names no job."""
+        try:
+            job = store.get_job(engine, dataset)
+        except store.NotFound:
+            return None
+        if job.kind != "convert":
+            raise InputError(f"job {dataset} is a {job.kind} job, not a convert job", where="dataset")
+        if job.state != "succeeded":
+            raise InputError(f"convert job {dataset} is {job.state}; a train job can use it once it has succeeded",
+                             where="dataset")
+        return job.spec["output_dir"]
+
+    return train_job.prepare(spec, settings, job_id, lookup=convert_output)
+
+
+def _train_outputs(spec: dict, job_id: str) -> list[str]:
+    from openseek_nanochat import train_job
+    from openseek_nanochat.settings import get_settings
+
+    return [str(train_job.run_dir_for(TrainSpec.model_validate(spec), get_settings(), job_id))]
+
+
+TRAIN = JobKind(
+    name="train",
+    spec_model=TrainSpec,
+    prepare=_prepare_train,
+    command=_cli_command("train"),
+    outputs=_train_outputs,
+    summary="Train a tokenizer and a model on converted shards (torchrun)",
+    examples={
+        "cpu": {
+            "summary": "A tiny model on CPU, 2 ranks, on a finished convert job's shards",
+            "value": {"dataset": "<convert job id>", "tokenizer": {"vocab_size": 4096}, "depth": 4, "max_seq_len": 256,
+                      "device_batch_size": 8, "num_iterations": 200, "eval_every": 50, "save_every": 50,
+                      "nproc_per_node": 2, "device": "cpu"},
+        },
+        "gpu": {
+            "summary": "A d20 model on 8 GPUs",
+            "value": {"dataset": "<convert job id>", "tokenizer": {"vocab_size": 65536}, "depth": 20,
+                      "max_seq_len": 2048, "device_batch_size": 32, "total_batch_size": 524288,
+                      "num_iterations": 20000, "eval_every": 250, "save_every": 1000, "nproc_per_node": 8,
+                      "device": "cuda"},
+        },
+    },
+)
+
+KINDS: dict[str, JobKind] = {kind.name: kind for kind in (CONVERT, TRAIN)}
 
 # Kinds the API names before they can run: submitting one answers 422 with this reason.
-PLANNED: dict[str, str] = {"train": "training is not available yet"}
+PLANNED: dict[str, str] = {}

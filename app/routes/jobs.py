@@ -75,7 +75,7 @@ def _job_writing_to(engine, folders: list[str], other_than: str | None = None) -
     """An unfinished job whose outputs include one of `folders`: two jobs must not write one folder at once."""
     for job in store.unfinished_jobs(engine):
         kind = KINDS.get(job.kind)
-        if job.id != other_than and kind is not None and set(kind.outputs(job.spec)) & set(folders):
+        if job.id != other_than and kind is not None and set(kind.outputs(job.spec, job.id)) & set(folders):
             return job
     return None
 
@@ -86,11 +86,11 @@ def submit(kind: JobKind, spec: BaseModel, key: str | None, settings: Settings, 
         return _replay(existing, key, request_hash, response)
     job_id = new_job_id()
     try:
-        prepared = kind.prepare(spec, settings, job_id)
+        prepared = kind.prepare(spec, settings, job_id, engine)
     except (InputError, ValueError, OSError) as error:  # PathPolicyError is a ValueError
         raise spec_error(error) from error
     prepared_spec = prepared.model_dump(mode="json")
-    outputs = kind.outputs(prepared_spec)
+    outputs = kind.outputs(prepared_spec, job_id)
     if (busy := _job_writing_to(engine, outputs)) is not None:
         raise store.Conflict(f"job {busy.id} ({busy.state}) already writes to {', '.join(outputs)}; wait for it, "
                              f"cancel it, or choose another name or output_dir")
@@ -189,7 +189,7 @@ def delete_job(
     """Removes the job and its log. Only finished jobs (succeeded, failed, cancelled) can be deleted."""
     existing = store.get_job(engine, job_id)
     kind = KINDS.get(existing.kind)
-    outputs = kind.outputs(existing.spec) if purge and kind is not None else []
+    outputs = kind.outputs(existing.spec, existing.id) if purge and kind is not None else []
     if outputs and (busy := _job_writing_to(engine, outputs, other_than=job_id)) is not None:
         raise store.Conflict(f"job {busy.id} ({busy.state}) writes to {', '.join(outputs)} now; not purging it")
     job = store.delete_job(engine, job_id)
