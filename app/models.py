@@ -7,14 +7,14 @@ extends the lease while it lives, and a job whose lease ran out goes back to the
 
 import secrets
 from datetime import datetime, timezone
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Index, String, TypeDecorator
 from sqlmodel import Field, SQLModel
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):  # a str whose f-string is its value ("queued"), as messages need
     queued = "queued"
     running = "running"
     cancelling = "cancelling"

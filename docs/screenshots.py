@@ -6,12 +6,8 @@ Runs the real service (the API and one worker) over a temporary data dir, conver
 tiny model on CPU on one of the conversions, and photographs the pages in headless Chromium (/usr/bin/chromium).
 """
 
-import json
-import subprocess
 import sys
 import tempfile
-import time
-from datetime import timedelta
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
@@ -19,13 +15,8 @@ from playwright.sync_api import sync_playwright
 DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent / "tests"))
 
-from app import jobfiles  # noqa: E402
 from browserutil import launch  # noqa: E402
-from app.models import JobState, new_job_id  # noqa: E402
-from openseek_nanochat.settings import Settings  # noqa: E402
-from openseek_nanochat.train_spec import TrainSpec  # noqa: E402
-from serverutil import SHARED_DATA, cli, service_env, shakespeare_jsonl, start_server, wait_for_state, wait_until  # noqa: E402
-from storedjobs import insert_train_job  # noqa: E402
+from serverutil import SHARED_DATA, shakespeare_jsonl, start_server, wait_for_state, wait_until  # noqa: E402
 
 TRAIN_SPEC = {
     "tokenizer": {"vocab_size": 1024, "max_chars": 600_000}, "depth": 2, "head_dim": 64, "max_seq_len": 128,
@@ -40,27 +31,9 @@ def convert(client, name: str, paths: list[str], **options) -> dict:
 
 
 def train(server, dataset: str) -> str:
-    """A train job over HTTP; where this build has no train jobs yet, the same spec run by `openseek-nanochat train`
-    in the foreground and recorded as a finished job with the metrics it wrote."""
-    spec = {**TRAIN_SPEC, "dataset": dataset}
-    response = server.client.post("/jobs/train", json=spec)
-    if response.status_code == 202:
-        return wait_for_state(server.client, response.json()["id"], "succeeded", timeout=600)["id"]
-
-    job_id = new_job_id()
-    spec_file = server.data_dir.parent / "train.json"
-    spec_file.write_text(json.dumps(spec))
-    folder = jobfiles.job_dir(Settings(data_dir=server.data_dir), job_id)
-    folder.mkdir(parents=True)
-    env = service_env(server.data_dir, {"OPENSEEK_NANOCHAT_JOB_ID": job_id})
-    started = time.monotonic()
-    with open(folder / jobfiles.LOG, "wb") as log:
-        subprocess.run(cli("train", str(spec_file)), env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
-    records = [json.loads(line) for line in (server.data_dir / "runs" / job_id / "metrics.jsonl").read_text().splitlines()]
-    prepared = TrainSpec.model_validate(spec).model_dump(mode="json")
-    insert_train_job(server.data_dir, prepared, records, JobState.succeeded, job_id,
-                     duration=timedelta(seconds=time.monotonic() - started))
-    return job_id
+    """A train job over HTTP, run by the service's worker: its id, once it has succeeded."""
+    job = server.client.post("/jobs/train", json={**TRAIN_SPEC, "dataset": dataset}).raise_for_status().json()
+    return wait_for_state(server.client, job["id"], "succeeded", timeout=600)["id"]
 
 
 def main() -> None:
@@ -72,7 +45,7 @@ def main() -> None:
         shakespeare = convert(client, "shakespeare", [str(corpus)], max_docs=12_000, chars_per_shard=250_000)
         for job in (gsm8k, shakespeare):
             wait_for_state(client, job["id"], "succeeded")
-        train_id = train(server, client.get(f"/jobs/{shakespeare['id']}/manifest").json()["output_dir"])
+        train_id = train(server, shakespeare["id"])
 
         cancelled = convert(client, "cancelled-run", [str(corpus)], chars_per_shard=20_000)
         wait_for_state(client, cancelled["id"], "running")

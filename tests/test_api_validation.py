@@ -97,9 +97,12 @@ def test_body_too_large(server):
     assert chunked.status_code == 413 and chunked.json() == expected
 
 
-def test_training_is_not_available_yet(server):
-    [error] = detail(server.client.post("/jobs/train", json={"dataset": "x"}))
-    assert error["msg"] == "training is not available yet"
+def test_unknown_train_field(server):
+    body = {"dataset": "x", "num_iterations": 10, "tokenizer": {"vocab_size": 1024, "max_char": 10_000}}
+    [error] = detail(server.client.post("/jobs/train", json=body))
+    assert error["type"] == "extra_forbidden" and error["loc"] == ["body", "tokenizer", "train", "max_char"]
+    [error] = detail(server.client.post("/jobs/train", json={"dataset": "x", "num_iterations": 10, "learning_rate": 0.1}))
+    assert error["type"] == "extra_forbidden" and error["loc"] == ["body", "learning_rate"]
 
 
 def test_unknown_job_and_bad_query(server):

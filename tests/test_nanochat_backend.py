@@ -514,8 +514,6 @@ def test_http_job(checkout, shards, tokenizer_dir, tmp_path):
             "eval_every": -1}
     with start_server(tmp_path / "data", workers=1, env=service_settings(tmp_path, checkout)) as server:
         response = server.client.post("/jobs/train", json=spec)
-        if response.status_code == 422 and "not available" in response.text:
-            pytest.skip("train jobs are not served over HTTP yet")
         assert response.status_code == 202, response.text
         job = wait_for_state(server.client, response.json()["id"], "succeeded", timeout=300)
         metrics = server.client.get(f"/jobs/{job['id']}/metrics").raise_for_status().json()
