@@ -23,6 +23,7 @@ from .sources import TextSource
 # At most about this much text in one block, however long the documents: bounds memory (a block, the one being
 # prefetched and the ring's share of older ones are alive at once) and keeps a block's text under Arrow's 2 GB.
 BLOCK_CHARS_CAP = 64_000_000
+FIRST_BLOCK_CHARS = 8_000_000
 
 
 def _empty_texts() -> pa.Array:
@@ -85,10 +86,11 @@ class SourceReader:
             empty = pc.or_(pc.equal(lengths, 0), pc.fill_null(pc.utf8_is_space(texts), True))
             short = pc.and_not(pc.less(lengths, self.min_chars), empty)
             keep = pc.invert(pc.or_(empty, short))
-            kept = texts.filter(keep)
-            if texts.type != pa.string():
+            dropped = pc.sum(pc.invert(keep)).as_py() or 0
+            kept, kept_lengths = (texts.filter(keep), lengths.filter(keep)) if dropped else (texts, lengths)
+            if kept.type != pa.string():
                 kept = kept.cast(pa.string())
-            kept_lengths = lengths.filter(keep).to_numpy(zero_copy_only=False).astype(np.int64)
+            kept_lengths = kept_lengths.to_numpy(zero_copy_only=False).astype(np.int64)
             if self._count_next and self.epoch == 0:
                 for reason, n in batch.skipped.items():
                     self.skipped[reason] += n
@@ -194,11 +196,15 @@ class DocStream:
         known = [r.progress for r in self.readers]
         return float(np.dot(self.weights, known)) if known else None
 
-    def _block_units(self) -> int:
-        """The next block's size: `block_docs` documents, fewer when documents are long (memory stays bounded)."""
+    def _block_units(self, index: int) -> int:
+        """The next block's size: `block_docs` documents, fewer when documents are long (memory stays bounded).
+
+        The first blocks are smaller (8M, 16M, 32M chars, then the cap): shards start being written while the
+        next block is read, instead of after a whole large block."""
         means = [m for m in (r.mean_length() for r in self.readers) if m]
         mean = float(np.mean(means)) if means else 1.0
-        docs = min(self.block_docs, max(1, int(BLOCK_CHARS_CAP / mean)))
+        cap = min(BLOCK_CHARS_CAP, FIRST_BLOCK_CHARS << min(index, 8))
+        docs = min(self.block_docs, max(1, int(cap / mean)))
         if not self.by_chars:
             return docs if self.max_docs is None else min(docs, self.max_docs - self.stream_docs)
         return min(max(1, int(docs * mean)), self.max_chars - self.stream_chars)
@@ -221,7 +227,7 @@ class DocStream:
                 return
             weights = np.where(active, self.weights, 0.0)
             weights /= weights.sum()
-            units = self._block_units()
+            units = self._block_units(index)
             target = weights * (self.emitted[active].sum() + units)
             quotas = np.maximum(0, np.ceil(target - self.emitted)).astype(np.int64)
             parts, lengths, source_ids, took = [], [], [], np.zeros(len(self.readers), dtype=np.int64)
@@ -241,7 +247,7 @@ class DocStream:
             texts = pa.chunked_array(parts, pa.string())
             if sum(p.nbytes for p in parts) >= 2**31 - 2**24:  # a freak block of huge documents: 64-bit offsets
                 texts = texts.cast(pa.large_string())
-            table = pa.table({"text": texts.combine_chunks(), "source": np.concatenate(source_ids),
+            table = pa.table({"text": texts, "source": np.concatenate(source_ids),
                               "chars": np.concatenate(lengths)})
             table = table.take(self._order(index, table.column("source").to_numpy()))
             table = self._cut_at_budget(table)
