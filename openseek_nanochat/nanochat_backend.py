@@ -82,9 +82,9 @@ def checkpoint_dir(spec: TrainSpec, run_dir: Path) -> Path:
 def _nanochat_tokenizer(spec: TrainSpec) -> bool:
     """Whether to train the tokenizer with the checkout's scripts.tok_train instead of this project's trainer.
 
-    Asked for by `"tokenizer": {..., "trainer": "nanochat"}`; a TrainSpec without that field always uses the project's.
+    Asked for by `"tokenizer": {..., "trainer": "nanochat"}`.
     """
-    return getattr(spec.tokenizer, "trainer", "openseek") == "nanochat"
+    return getattr(spec.tokenizer, "trainer", "openseek") == "nanochat"  # a reused tokenizer has no trainer
 
 
 # --- preflight (at submit) ----------------------------------------------------------------------------------------

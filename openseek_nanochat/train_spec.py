@@ -16,6 +16,9 @@ class TrainTokenizer(StrictModel):
     vocab_size: int = Field(default=32768, ge=265, description="Including nanochat's 9 special tokens (nanochat: 32768).")
     max_chars: int = Field(default=2_000_000_000, gt=0, description="Train on about this many characters (nanochat: 2B).")
     doc_cap: int = Field(default=10_000, gt=0, description="Crop each document to this many characters first.")
+    trainer: Literal["openseek", "nanochat"] = Field(
+        default="openseek", description="'nanochat': the checkout's own scripts.tok_train (backend 'nanochat' only)."
+    )
 
 
 class ReuseTokenizer(StrictModel):
@@ -112,6 +115,8 @@ class TrainSpec(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if getattr(self.tokenizer, "trainer", "openseek") == "nanochat" and self.backend != "nanochat":
+            raise ValueError("tokenizer.trainer 'nanochat' runs a nanochat checkout's tok_train: it needs backend 'nanochat'")
         micro = self.tokens_per_micro_batch
         if self.total_batch_size is not None and self.total_batch_size % micro:
             lower = max(micro, self.total_batch_size // micro * micro)

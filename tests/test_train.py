@@ -244,3 +244,11 @@ def test_job_trains_on_two_ranks_and_resumes_exactly_after_a_kill(shards, data_d
     assert sorted(loss_b) == list(range(1, 17))
     for step in range(1, 17):  # same weights, optimizer state, schedule and data: the same losses
         assert loss_b[step] == pytest.approx(loss_a[step], rel=1e-5, abs=1e-6), step
+
+
+def test_nanochat_tokenizer_trainer_needs_the_nanochat_backend():
+    with pytest.raises(ValidationError, match="tokenizer.trainer 'nanochat' runs a nanochat checkout's tok_train: it "
+                                              "needs backend 'nanochat'"):
+        TrainSpec(dataset="d", num_iterations=1, tokenizer={"vocab_size": 512, "trainer": "nanochat"})
+    spec = TrainSpec(dataset="d", num_iterations=1, backend="nanochat", tokenizer={"vocab_size": 512, "trainer": "nanochat"})
+    assert spec.tokenizer.trainer == "nanochat"
