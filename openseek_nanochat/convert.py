@@ -12,7 +12,6 @@ uninterrupted run; a different spec or changed inputs are refused rather than mi
 
 import bisect
 import json
-import shutil
 import time
 from collections import deque
 from pathlib import Path
@@ -307,7 +306,3 @@ def convert(spec: ConvertSpec, settings: Settings | None = None, on_progress: Pr
     settings = settings or get_settings()
     spec = prepare(spec, settings, job_id)
     return _Run(spec, settings, on_progress).run()
-
-
-def purge_output(output_dir: str) -> None:
-    shutil.rmtree(output_dir, ignore_errors=True)

@@ -47,12 +47,15 @@ def expand_input_globs(patterns: list[str], settings: Settings) -> list[Path]:
     files: list[Path] = []
     for pattern in patterns:
         expanded = os.path.expanduser(pattern)
-        matches = sorted(glob.glob(expanded, recursive=True)) if glob.has_magic(expanded) else [expanded]
-        matches = [m for m in matches if not os.path.isdir(m)] if glob.has_magic(expanded) else matches
-        if not matches or not os.path.exists(matches[0]):
-            raise PathPolicyError(f"no such file: {pattern!r}" if not glob.has_magic(expanded) else f"no file matches {pattern!r}")
-        for m in matches:
-            if os.path.isdir(m):
-                raise PathPolicyError(f"{m!r} is a directory; give a file or a glob such as '{m}/*.jsonl'")
-            files.append(check_input_path(m, settings))
+        if glob.has_magic(expanded):
+            matches = [m for m in sorted(glob.glob(expanded, recursive=True)) if not os.path.isdir(m)]
+            if not matches:
+                raise PathPolicyError(f"no file matches {pattern!r}")
+        else:
+            if not os.path.exists(expanded):
+                raise PathPolicyError(f"no such file: {pattern!r}")
+            if os.path.isdir(expanded):
+                raise PathPolicyError(f"{expanded!r} is a directory; give a file or a glob such as '{expanded}/*.jsonl'")
+            matches = [expanded]
+        files.extend(check_input_path(m, settings) for m in matches)
     return files
