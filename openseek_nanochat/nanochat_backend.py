@@ -24,6 +24,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+from . import checkpoints as checkpoint_files
 from . import events
 from . import tokenizer as tok
 from .errors import InputError
@@ -398,16 +399,15 @@ def train_nanochat_tokenizer(nanochat_dir: Path, run_dir: Path, vocab_size: int,
 # --- checkpoints ---------------------------------------------------------------------------------------------------
 
 def last_complete_step(checkpoints: Path, world_size: int) -> int | None:
-    """The latest step with every file base_train writes for it, whole: model, meta and one optimizer file per rank."""
-    if not checkpoints.is_dir():
-        return None
-    steps = sorted((int(m.group(1)) for p in checkpoints.iterdir() if (m := re.fullmatch(r"meta_(\d+)\.json", p.name))),
-                   reverse=True)
-    for step in steps:
-        torch_files = [f"model_{step:06d}.pt"] + [f"optim_{step:06d}_rank{r}.pt" for r in range(world_size)]
-        if all(_whole_torch_file(checkpoints / name) for name in torch_files) and _read_meta(checkpoints, step):
-            return step
-    return None
+    """The latest step with every file base_train writes for it, whole: base_train writes checkpoints in place, so a
+    killed run can leave a file cut short that merely existing would not reveal."""
+    return checkpoint_files.last_complete_step(checkpoints, world_size, whole=_whole_checkpoint_file)
+
+
+def _whole_checkpoint_file(path: Path) -> bool:
+    if path.suffix == ".json":
+        return _read_meta(path.parent, int(path.stem.split("_")[1])) is not None
+    return _whole_torch_file(path)
 
 
 def _read_meta(checkpoints: Path, step: int) -> dict | None:

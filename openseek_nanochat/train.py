@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 import threading
 import time
@@ -31,6 +30,7 @@ import torch.distributed as dist
 
 from . import events
 from . import tokenizer as tok
+from .checkpoints import last_complete_step
 from .dataloader import (
     tokenizing_distributed_data_loader_bos_bestfit,
     tokenizing_distributed_data_loader_with_state_bos_bestfit,
@@ -117,18 +117,6 @@ def _save_atomic(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
-
-
-def last_complete_step(checkpoint_dir: Path, world_size: int) -> int | None:
-    if not checkpoint_dir.is_dir():
-        return None
-    steps = sorted((int(m.group(1)) for f in checkpoint_dir.iterdir() if (m := re.fullmatch(r"meta_(\d+)\.json", f.name))),
-                   reverse=True)
-    for step in steps:
-        files = [f"model_{step:06d}.pt"] + [f"optim_{step:06d}_rank{r}.pt" for r in range(world_size)]
-        if all((checkpoint_dir / f).is_file() for f in files):
-            return step
-    return None
 
 
 def save_checkpoint(checkpoint_dir: Path, step, model, optimizers, meta, rank):
