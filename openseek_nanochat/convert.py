@@ -171,7 +171,6 @@ class _Run:
         spec = self.spec
         w = self.resume_from["stream_docs"] if self.resume_from else 0  # stream index of the next train document
         start = self.resume_from["block"] if self.resume_from else None
-        snapshots = self.snapshots
         self.fed = w
         ring: list[pa.Table] = []
         ring_rows = 0
@@ -180,7 +179,7 @@ class _Run:
 
         for block in prefetch(self.stream.blocks(start)):
             table = block.table
-            snapshots.append((block.snapshot["stream_docs"], block.snapshot))
+            self.snapshots.append((block.snapshot["stream_docs"], block.snapshot))
             if start is not None and block.index == start["block"]:
                 table = table.slice(w - start["stream_docs"])  # the part of the resumed block already written
             ring.append(table)
@@ -191,7 +190,7 @@ class _Run:
                 self.fed += group.num_rows
                 for info in writer.add(group):
                     w += info.rows
-                    self._shard_done(info, w, snapshots)
+                    self._shard_done(info, w)
                     stopped_by_shards = train_limit is not None and len(self.shards) >= train_limit
             self._progress()
             if stopped_by_shards and ring_rows >= self.holdback:
@@ -213,7 +212,7 @@ class _Run:
             self.fed += train_rest.num_rows
             for info in writer.add(train_rest) + writer.finish():
                 w += info.rows
-                self._shard_done(info, w, snapshots)
+                self._shard_done(info, w)
             val = tail.slice(tail_rows - val_count)
         if val is None or val.num_rows == 0:
             raise InputError("no documents left for the validation shard", "sources")
@@ -228,11 +227,11 @@ class _Run:
         self.written_docs += np.array(info.source_docs, np.int64)
         self.written_chars += np.array(info.source_chars, np.int64)
 
-    def _shard_done(self, info: ShardInfo, w: int, snapshots: deque) -> None:
+    def _shard_done(self, info: ShardInfo, w: int) -> None:
         self._record(info)
-        while len(snapshots) > 1 and snapshots[1][0] <= w:
-            snapshots.popleft()  # blocks wholly written can't be a resume point any more
-        resume = {"stream_docs": w, "block": snapshots[0][1], "source_docs": self.written_docs.tolist(),
+        while len(self.snapshots) > 1 and self.snapshots[1][0] <= w:
+            self.snapshots.popleft()  # blocks wholly written can't be a resume point any more
+        resume = {"stream_docs": w, "block": self.snapshots[0][1], "source_docs": self.written_docs.tolist(),
                   "source_chars": self.written_chars.tolist()}
         self._write_manifest(complete=False, resume=resume)
         self._progress(force=True)
