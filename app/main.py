@@ -15,11 +15,15 @@ from sqlalchemy.exc import SQLAlchemyError
 import openseek_nanochat
 from openseek_nanochat.settings import Settings, get_settings
 
-from . import errors, jobfiles, queue
-from .db import make_engine
-from .deps import require_token
-from .limits import BodySizeLimit
-from .routes import dashboard, docs, events, jobs, prometheus, system
+from app.api import errors
+
+from app.jobs import files as jobfiles
+
+from app.jobs import queue
+from app.jobs.db import make_engine
+from app.api.deps import require_token
+from app.api.limits import BodySizeLimit
+from app.api.routes import dashboard, docs, events, jobs, prometheus, system
 
 log = logging.getLogger(__name__)
 

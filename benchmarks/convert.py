@@ -51,8 +51,8 @@ def ceiling(corpus: str, out: str) -> None:
 
 
 def project(corpus: str, out: str) -> None:
-    from openseek_nanochat.convert import convert
-    from openseek_nanochat.spec import ConvertSpec
+    from openseek_nanochat.convert.run import convert
+    from openseek_nanochat.convert.spec import ConvertSpec
 
     convert(ConvertSpec(sources=[{"type": "files", "paths": [corpus]}], output_dir=out, chars_per_shard=50_000_000))
 
@@ -69,7 +69,7 @@ def measure(kind: str, corpus: Path, out: Path) -> dict:
 def child(kind: str, corpus: str, out: str) -> None:
     # Imports happen before the clock starts, for both: the benchmark compares conversions, not interpreter start-up.
     import pyarrow.json, pyarrow.parquet  # noqa: F401,E401
-    import openseek_nanochat.convert, openseek_nanochat.sources.files  # noqa: F401,E401
+    import openseek_nanochat.convert.run, openseek_nanochat.convert.sources.files  # noqa: F401,E401
 
     start = time.perf_counter()
     {"ceiling": ceiling, "project": project}[kind](corpus, out)

@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow.compute as pc
 import tiktoken
 
-import openseek_nanochat.sources.megatron as megatron
-from openseek_nanochat.detok import QWEN_SPECIAL_TOKENS, ByteTableDetokenizer, qwen_token_bytes
-from openseek_nanochat.megatron_index import MegatronIndex, write_megatron
+import openseek_nanochat.convert.sources.megatron as megatron
+from openseek_nanochat.convert.sources.detok import QWEN_SPECIAL_TOKENS, ByteTableDetokenizer, qwen_token_bytes
+from openseek_nanochat.convert.sources.megatron_index import MegatronIndex, write_megatron
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"

@@ -31,7 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 
-from openseek_nanochat import dataloader, tokenizer as tok  # noqa: E402
+from openseek_nanochat.train import dataloader
+
+from openseek_nanochat.train import tokenizer as tok  # noqa: E402
 
 
 def corpus_docs(kind: str, seed: int = 0) -> list[str]:

@@ -22,8 +22,10 @@ from loader import REPO, make_base_dir  # noqa: E402
 sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
-from openseek_nanochat import dataloader, train  # noqa: E402
-from openseek_nanochat.model import GPT, config_for_depth  # noqa: E402
+from openseek_nanochat.train import dataloader
+
+from openseek_nanochat.train.builtin import trainer as train  # noqa: E402
+from openseek_nanochat.train.builtin.model import GPT, config_for_depth  # noqa: E402
 
 
 def main() -> int:

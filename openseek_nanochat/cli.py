@@ -1,35 +1,43 @@
-"""`openseek-nanochat <command>`: one entry point, each command in the module that owns it.
+"""`openseek-nanochat <command>`: one entry point; each command lives in the package that owns it.
 
-Each command module exposes `add_arguments(parser)` and `run(args) -> int` and keeps heavy imports inside `run`, so
-`--help` is fast and the library never imports the web stack unless asked to serve.
+A command is a `Command` (help, add_arguments, run) whose module keeps heavy imports inside `run`, so `--help` is
+fast. Commands are found through the `openseek_nanochat.commands` entry points (pyproject.toml): the library's own
+(convert, train) and the service's (serve, db, worker), which live in `app` and `worker`. The library never imports
+those packages by name, so it installs and runs without the web stack.
 """
 
 import argparse
-import importlib
 import sys
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import NamedTuple
 
-COMMANDS = {
-    "convert": ("openseek_nanochat.convert_cli", "convert datasets into nanochat parquet shards"),
-    "train": ("openseek_nanochat.train_cli", "train a tokenizer and a model on converted shards"),
-    "serve": ("app.serve_cli", "run the HTTP API and worker processes"),
-    "worker": ("worker.cli", "run one worker that claims and runs jobs"),
-    "db": ("app.db_cli", "database migrations"),
-}
+COMMAND_GROUP = "openseek_nanochat.commands"
+
+
+class Command(NamedTuple):
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def commands() -> dict[str, Command]:
+    found = {ep.name: ep.load() for ep in entry_points(group=COMMAND_GROUP)}
+    if not found:  # a source tree that was never installed: the library's own commands
+        from openseek_nanochat.convert.cli import command as convert
+        from openseek_nanochat.train.cli import command as train
+
+        found = {"convert": convert, "train": train}
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openseek-nanochat", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (module_name, help_text) in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name and module_name.startswith(e.name):
-                continue  # a command whose module is not there yet
-            raise
-        command_parser = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(command_parser)
-        command_parser.set_defaults(run=module.run)
+    for name, command in commands().items():
+        command_parser = sub.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(command_parser)
+        command_parser.set_defaults(run=command.run)
     return parser
 
 

@@ -7,7 +7,7 @@ import glob
 import os
 from pathlib import Path
 
-from .settings import Settings
+from openseek_nanochat.settings import Settings
 
 
 class PathPolicyError(ValueError):

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from openseek_nanochat.convert import convert
+from openseek_nanochat.convert.run import convert
 from openseek_nanochat.settings import get_settings
-from openseek_nanochat.spec import ConvertSpec
+from openseek_nanochat.convert.spec import ConvertSpec
 
 
 def run_spec(spec: dict, **kwargs) -> dict:

@@ -8,11 +8,15 @@ import math
 from datetime import timedelta
 from pathlib import Path
 
-from app import jobfiles, queue, store
-from app.db import make_engine
-from app.models import FINISHED, Job, JobState, new_job_id, utcnow
+from app.jobs import files as jobfiles
+
+from app.jobs import queue
+
+from app.jobs import store
+from app.jobs.db import make_engine
+from app.jobs.models import FINISHED, Job, JobState, new_job_id, utcnow
 from openseek_nanochat.settings import Settings
-from openseek_nanochat.train_spec import TrainSpec
+from openseek_nanochat.train.spec import TrainSpec
 
 WORKER_ID = "stored-jobs-worker"  # the worker a running stored job belongs to
 

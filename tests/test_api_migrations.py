@@ -7,8 +7,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel
 
-import app.models  # noqa: F401  (the tables, on SQLModel.metadata)
-from app.db import make_engine
+import app.jobs.models  # noqa: F401  (the tables, on SQLModel.metadata)
+from app.jobs.db import make_engine
 from serverutil import cli, service_env
 
 

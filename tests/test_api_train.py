@@ -10,8 +10,8 @@ import psutil
 import pytest
 import torch
 
-from openseek_nanochat import tokenizer as tok
-from openseek_nanochat import train
+from openseek_nanochat.train import tokenizer as tok
+from openseek_nanochat.train.builtin import trainer as train
 from serverutil import shakespeare_jsonl, start_server, wait_for_state, wait_until
 
 LEASE_SECONDS = 3

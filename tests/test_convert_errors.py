@@ -12,7 +12,7 @@ from convertutil import read_docs, run_spec
 from openseek_nanochat import events
 from openseek_nanochat.errors import InputError
 from openseek_nanochat.paths import PathPolicyError
-from openseek_nanochat.spec import ConvertSpec
+from openseek_nanochat.convert.spec import ConvertSpec
 
 
 def files(*paths, **kw):

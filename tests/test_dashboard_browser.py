@@ -11,7 +11,7 @@ import re
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from app.models import JobState
+from app.jobs.models import JobState
 from browserutil import launch
 from serverutil import SHARED_DATA, shakespeare_jsonl, start_server, wait_for_state
 from storedjobs import add_train_job, advance_train_job, insert_train_job, small_train_spec, train_metrics

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA
-from openseek_nanochat import dataloader
-from openseek_nanochat import tokenizer as tok
+from openseek_nanochat.train import dataloader
+from openseek_nanochat.train import tokenizer as tok
 from training_data import shakespeare_docs, write_shards
 
 NANOCHAT_DIR = os.environ.get("NANOCHAT_DIR")

@@ -8,12 +8,12 @@ import pytest
 import tiktoken
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from openseek_nanochat.detok import (QWEN_SPECIAL_TOKENS, ByteTableDetokenizer, TokenizersDetokenizer,
+from openseek_nanochat.convert.sources.detok import (QWEN_SPECIAL_TOKENS, ByteTableDetokenizer, TokenizersDetokenizer,
                                      load_detokenizer, load_hf, qwen_token_bytes)
 from openseek_nanochat.errors import InputError
 from openseek_nanochat.paths import PathPolicyError
 from openseek_nanochat.settings import get_settings
-from openseek_nanochat.spec import HFTokenizerSpec, QwenTokenizerSpec
+from openseek_nanochat.convert.spec import HFTokenizerSpec, QwenTokenizerSpec
 
 QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
                 r"|\s+(?!\S)|\s+")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from openseek_nanochat.errors import InputError
-from openseek_nanochat.megatron_index import HEADER, MegatronIndex, write_megatron
+from openseek_nanochat.convert.sources.megatron_index import HEADER, MegatronIndex, write_megatron
 
 BEGIN, END = 151849, 151850  # <|extra_203|>, <|extra_204|>: how OpenSeek wraps each document
 

@@ -7,13 +7,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import openseek_nanochat.sources.megatron as megatron
+import openseek_nanochat.convert.sources.megatron as megatron
 from openseek_nanochat.errors import InputError
-from openseek_nanochat.megatron_index import MegatronIndex, write_megatron
+from openseek_nanochat.convert.sources.megatron_index import MegatronIndex, write_megatron
 from openseek_nanochat.settings import get_settings
-from openseek_nanochat.sources import build_sources
-from openseek_nanochat.sources.megatron import build_megatron_sources
-from openseek_nanochat.spec import ConvertSpec, MegatronSource
+from openseek_nanochat.convert.sources import build_sources
+from openseek_nanochat.convert.sources.megatron import build_megatron_sources
+from openseek_nanochat.convert.spec import ConvertSpec, MegatronSource
 from convertutil import read_docs, run_spec
 from test_detok import SAMPLE, train_tokenizer
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from openseek_nanochat import nanochat_backend as nb
-from openseek_nanochat import tokenizer as tok
+from openseek_nanochat.train.nanochat import backend as nb
+from openseek_nanochat.train import tokenizer as tok
 from openseek_nanochat.errors import InputError
 from openseek_nanochat.events import parse as parse_event
 from openseek_nanochat.settings import Settings
-from openseek_nanochat.train_spec import TrainSpec
+from openseek_nanochat.train.spec import TrainSpec
 from serverutil import SHARED_DATA
 from training_data import shakespeare_docs, write_shards
 
@@ -79,7 +79,7 @@ def test_extra_args_come_last_and_replace_offline_defaults():
 
 def test_openseek_loader_runs_the_launcher():
     command = nb.torchrun_command(nanochat_spec(loader="openseek", nproc_per_node=8))
-    assert command[command.index("-m", 3) + 1] == "openseek_nanochat.nanochat_launcher"
+    assert command[command.index("-m", 3) + 1] == "openseek_nanochat.train.nanochat.launcher"
     assert "--nproc_per_node=8" in command
 
 

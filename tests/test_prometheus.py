@@ -6,7 +6,7 @@ import time
 import httpx
 import pytest
 
-from app.models import JobState
+from app.jobs.models import JobState
 from serverutil import SHARED_DATA, start_server, wait_for_state, wait_until
 from storedjobs import add_train_job
 

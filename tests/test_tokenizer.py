@@ -10,7 +10,7 @@ import tiktoken
 import torch
 
 from conftest import SHARED_DATA
-from openseek_nanochat import tokenizer as tok
+from openseek_nanochat.train import tokenizer as tok
 from training_data import shakespeare_docs, write_shards
 
 NANOCHAT_DIR = os.environ.get("NANOCHAT_DIR")
@@ -84,7 +84,7 @@ def test_a_vocab_the_text_cannot_fill_fails_clearly(shards, tmp_path):
     with pytest.raises(tok.VocabTooSmallError, match=r"supports a vocabulary of only [\d,]+ tokens, not the requested 50,000"):
         tok.train_from_shards(shards, tmp_path / "t", vocab_size=50_000, max_chars=20_000)
     assert not tok.is_complete(tmp_path / "t")
-    cli = subprocess.run([sys.executable, "-m", "openseek_nanochat.tokenizer", f"--data-dir={shards}",
+    cli = subprocess.run([sys.executable, "-m", "openseek_nanochat.train.tokenizer", f"--data-dir={shards}",
                           f"--out-dir={tmp_path / 't'}", "--vocab-size=50000", "--max-chars=20000"],
                          capture_output=True, text=True)
     assert cli.returncode == 2 and "error: the training text supports a vocabulary of only" in cli.stderr

@@ -14,12 +14,16 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from openseek_nanochat import events, train, train_job
-from openseek_nanochat import tokenizer as tok
+from openseek_nanochat import events
+
+from openseek_nanochat.train.builtin import trainer as train
+
+from openseek_nanochat.train import job as train_job
+from openseek_nanochat.train import tokenizer as tok
 from openseek_nanochat.errors import InputError
-from openseek_nanochat.model import GPT, GPTConfig, Muon, config_for_depth, orthogonalize
+from openseek_nanochat.train.builtin.model import GPT, GPTConfig, Muon, config_for_depth, orthogonalize
 from openseek_nanochat.settings import get_settings
-from openseek_nanochat.train_spec import TrainSpec
+from openseek_nanochat.train.spec import TrainSpec
 from training_data import shakespeare_docs, write_shards
 
 # --- the model and the optimizer ---

@@ -17,7 +17,7 @@ from serverutil import (
     wait_for_state,
     wait_until,
 )
-from worker.processes import job_processes
+from openseek_nanochat.procs import job_processes
 
 LEASE_SECONDS = 3
 

@@ -8,10 +8,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from app import queue, store
-from app.db import make_engine, writing
-from app.migrate import upgrade
-from app.models import Job, JobState, new_job_id, utcnow
+from app.jobs import queue
+
+from app.jobs import store
+from app.jobs.db import make_engine, writing
+from app.jobs.migrate import upgrade
+from app.jobs.models import Job, JobState, new_job_id, utcnow
 from serverutil import postgres_bin, start_postgres
 
 

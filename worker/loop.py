@@ -16,12 +16,14 @@ import time
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import jobfiles, queue
-from app.db import make_engine
-from app.migrate import check_schema
+from app.jobs import files as jobfiles
+
+from app.jobs import queue
+from app.jobs.db import make_engine
+from app.jobs.migrate import check_schema
 from openseek_nanochat.settings import Settings
 
-from . import runner
+from worker import runner
 
 log = logging.getLogger(__name__)
 

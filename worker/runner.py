@@ -15,13 +15,15 @@ from enum import Enum
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import jobfiles, queue
-from app.kinds import KINDS
-from app.models import JobState
+from app.jobs import files as jobfiles
+
+from app.jobs import queue
+from app.jobs.kinds import KINDS
+from app.jobs.models import JobState
 from openseek_nanochat.settings import Settings
 
-from . import processes
-from .output import JobOutput
+from openseek_nanochat import procs as processes
+from worker.output import JobOutput
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,142 @@
+"""What the HTTP API returns. The tables (app/models.py) stay private; these shapes are the contract."""
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.jobs.models import Job, JobState, Worker, utcnow
+
+_JOB_EXAMPLE = {
+    "id": "3f9c2a1b7d4e5f60",
+    "kind": "convert",
+    "state": "running",
+    "spec": {"name": "gsm8k", "sources": [{"type": "files", "paths": ["/data/gsm8k.jsonl"]}], "output_dir": "..."},
+    "progress": {
+        "fraction": 0.42,
+        "docs": 120000,
+        "chars": 250000000,
+        "shards": 1,
+        "rate": 9500000.0,
+        "eta_s": 36.5,
+        "message": "shard 2 of ~3",
+    },
+    "result": None,
+    "error": None,
+    "attempts": 1,
+    "worker_id": "node1-4242-a1b2",
+    "created_at": "2026-01-01T12:00:00Z",
+    "updated_at": "2026-01-01T12:00:21Z",
+    "started_at": "2026-01-01T12:00:00.3Z",
+    "finished_at": None,
+    "lease_expires_at": "2026-01-01T12:00:51Z",
+}
+
+
+class Progress(BaseModel):
+    """How far a job is. Convert jobs fill the fields below; other kinds add their own (e.g. step, loss)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    fraction: float | None = Field(default=None, description="0..1, when the total is known.")
+    docs: int | None = None
+    chars: int | None = None
+    shards: int | None = None
+    rate: float | None = Field(default=None, description="Characters per second.")
+    eta_s: float | None = Field(default=None, description="Seconds left, when the total is known.")
+    message: str | None = None
+
+
+class JobError(BaseModel):
+    message: str
+    where: str | None = Field(default=None, description="The file, line or field at fault.")
+
+
+class JobRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_JOB_EXAMPLE]})
+
+    id: str
+    kind: str
+    state: JobState
+    spec: dict[str, Any] = Field(description="The spec as it runs, defaults filled (e.g. output_dir).")
+    progress: Progress | None = None
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+    attempts: int = Field(description="How many times a worker started this job.")
+    worker_id: str | None = Field(default=None, description="The worker running (or that last ran) the job.")
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    lease_expires_at: datetime | None = None
+
+    @classmethod
+    def of(cls, job: Job) -> "JobRead":
+        return cls.model_validate(job, from_attributes=True)
+
+
+class JobList(BaseModel):
+    jobs: list[JobRead]
+    total: int = Field(description="Jobs matching the filters, over all pages.")
+    limit: int
+    offset: int
+
+
+class Deleted(BaseModel):
+    id: str
+    removed: list[str] = Field(description="Folders removed along with the job.")
+
+
+class LogChunk(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"offset": 0, "next_offset": 58, "size": 58, "text": "reading gsm8k.jsonl\nshard 0 done\n", "complete": False}]
+        }
+    )
+
+    offset: int
+    next_offset: int = Field(description="Pass as ?offset= to get what follows.")
+    size: int = Field(description="The log's size in bytes now.")
+    text: str = Field(description="Whole lines (unless a single line is longer than the limit).")
+    complete: bool = Field(description="The job has finished and this chunk reaches the end of its log.")
+
+
+class WorkerRead(BaseModel):
+    id: str
+    host: str
+    pid: int
+    job_id: str | None = Field(default=None, description="The job it runs now.")
+    started_at: datetime
+    heartbeat_at: datetime
+    alive: bool = Field(description="It heartbeated within the lease time.")
+
+    @classmethod
+    def of(cls, worker: Worker, lease_seconds: float) -> "WorkerRead":
+        alive = (utcnow() - worker.heartbeat_at).total_seconds() <= lease_seconds
+        return cls.model_validate({**worker.model_dump(), "alive": alive})
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class ErrorDetail(BaseModel):
+    detail: str
+
+
+class FieldError(BaseModel):
+    type: str
+    loc: list[str | int]
+    msg: str
+
+
+class ValidationErrors(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"detail": [{"type": "input_error", "loc": ["body", "sources", 0, "paths"], "msg": "no such file: '/data/x.jsonl'"}]}
+            ]
+        }
+    )
+
+    detail: list[FieldError]

@@ -1,0 +1,143 @@
+"""The kinds of job, and for each what the control plane needs to know: its spec, its submit-time checks, its command.
+
+Adding a kind is one `JobKind` entry: the API grows a `POST /jobs/<name>` route from it and workers run its command.
+Heavy imports (the conversion engine, torch) stay inside the functions, so the API and workers start fast.
+"""
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import Engine
+
+from openseek_nanochat.settings import Settings
+from openseek_nanochat.errors import InputError
+from openseek_nanochat.convert.spec import ConvertSpec
+from openseek_nanochat.train.spec import TrainSpec
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    spec_model: type[BaseModel]
+    # Checks everything knowable at submit (raising InputError, PathPolicyError or another ValueError with a message a
+    # user can act on) and fills defaults that depend on the job id. Returns the spec the job will run. The engine
+    # lets a spec refer to other jobs (a train job names the convert job whose shards it reads).
+    prepare: Callable[[BaseModel, Settings, str, Engine], BaseModel]
+    # The job process's argv, given the file holding the prepared spec (JSON).
+    command: Callable[[Path], list[str]]
+    # Folders the job (spec, id) writes outside its job dir; `DELETE /jobs/{id}?purge=true` removes them.
+    outputs: Callable[[dict, str], list[str]]
+    # The manifest describing the outputs, if this kind writes one.
+    manifest: Callable[[dict], Path | None] = lambda spec: None
+    summary: str = ""
+    examples: dict[str, Any] = field(default_factory=dict)  # OpenAPI examples for the request body
+
+
+def _prepare_convert(spec: ConvertSpec, settings: Settings, job_id: str, engine: Engine) -> ConvertSpec:
+    from openseek_nanochat.convert import run as convert
+
+    return convert.prepare(spec, settings, job_id)
+
+
+def _cli_command(subcommand: str) -> Callable[[Path], list[str]]:
+    return lambda spec_file: [sys.executable, "-m", "openseek_nanochat.cli", subcommand, str(spec_file), "--events"]
+
+
+CONVERT = JobKind(
+    name="convert",
+    spec_model=ConvertSpec,
+    prepare=_prepare_convert,
+    command=_cli_command("convert"),
+    outputs=lambda spec, job_id: [spec["output_dir"]],
+    manifest=lambda spec: Path(spec["output_dir"]) / "manifest.json",
+    summary="Convert datasets into nanochat parquet shards",
+    examples={
+        "jsonl": {
+            "summary": "JSONL files with a template over two columns",
+            "value": {
+                "name": "gsm8k",
+                "sources": [{"type": "files", "paths": ["/data/gsm8k/*.jsonl"], "text_template": "{question}\n{answer}"}],
+                "chars_per_shard": 1_000_000,
+            },
+        },
+        "mixture": {
+            "summary": "A weighted mixture of a text file and Megatron datasets",
+            "value": {
+                "name": "mix",
+                "sources": [
+                    {"type": "files", "paths": ["/data/books.txt"], "format": "text", "weight": 1.0},
+                    {
+                        "type": "megatron",
+                        "data_path": [3.0, "/data/arxiv/007_00000_text_document"],
+                        "tokenizer": {"type": "qwen", "path": "/data/qwen.tiktoken"},
+                        "weight": 2.0,
+                    },
+                ],
+                "seed": 7,
+            },
+        },
+    },
+)
+
+
+
+def _prepare_train(spec: TrainSpec, settings: Settings, job_id: str, engine: Engine) -> TrainSpec:
+    from openseek_nanochat.train import job as train_job
+
+    from app.jobs import store
+
+    def convert_output(dataset: str) -> str | None:
+        """The shard dir of the convert job `dataset` names, once it has succeeded; None when it names no job."""
+        try:
+            job = store.get_job(engine, dataset)
+        except store.NotFound:
+            return None
+        if job.kind != "convert":
+            raise InputError(f"job {dataset} is a {job.kind} job, not a convert job", where="dataset")
+        if job.state != "succeeded":
+            raise InputError(f"convert job {dataset} is {job.state}; a train job can use it once it has succeeded",
+                             where="dataset")
+        return job.spec["output_dir"]
+
+    return train_job.prepare(spec, settings, job_id, lookup=convert_output)
+
+
+def _train_outputs(spec: dict, job_id: str) -> list[str]:
+    from openseek_nanochat.train import job as train_job
+    from openseek_nanochat.settings import get_settings
+
+    return [str(train_job.run_dir_for(TrainSpec.model_validate(spec), get_settings(), job_id))]
+
+
+TRAIN = JobKind(
+    name="train",
+    spec_model=TrainSpec,
+    prepare=_prepare_train,
+    command=_cli_command("train"),
+    outputs=_train_outputs,
+    summary="Train a tokenizer and a model on converted shards (torchrun)",
+    examples={
+        "cpu": {
+            "summary": "A tiny model on CPU, 2 ranks, on a finished convert job's shards",
+            "value": {"dataset": "<convert job id>", "tokenizer": {"vocab_size": 4096}, "depth": 4, "max_seq_len": 256,
+                      "device_batch_size": 8, "num_iterations": 200, "eval_every": 50, "save_every": 50,
+                      "nproc_per_node": 2, "device": "cpu"},
+        },
+        "gpu": {
+            "summary": "A d20 model on 8 GPUs",
+            "value": {"dataset": "<convert job id>", "tokenizer": {"vocab_size": 65536}, "depth": 20,
+                      "max_seq_len": 2048, "device_batch_size": 32, "total_batch_size": 524288,
+                      "num_iterations": 20000, "eval_every": 250, "save_every": 1000, "nproc_per_node": 8,
+                      "device": "cuda"},
+        },
+    },
+)
+
+KINDS: dict[str, JobKind] = {kind.name: kind for kind in (CONVERT, TRAIN)}
+
+# Kinds the API names before they can run: submitting one answers 422 with this reason.
+PLANNED: dict[str, str] = {}

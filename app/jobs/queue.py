@@ -1,0 +1,238 @@
+"""The worker's side of the jobs table: claim, heartbeat, finish, release, and expiry of lost leases.
+
+A claim is one UPDATE ... RETURNING on the oldest queued job, inside a transaction that holds the write lock (SQLite:
+BEGIN IMMEDIATE) or that skips rows another worker has locked (PostgreSQL: FOR UPDATE SKIP LOCKED), so a job is never
+claimed twice. The claim stamps the job with the worker's id and increments `attempts`; every later write of that
+worker names both, so a worker that lost its lease (its job requeued and claimed again) can no longer touch the job.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine, delete, exists, update
+from sqlmodel import col, select
+
+from app.jobs.db import reading, writing
+from app.jobs.models import OWNED, Job, JobState, Worker, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One attempt at one job: what the worker needs, and the fencing token (worker id, attempt) for every write."""
+
+    job_id: str
+    kind: str
+    spec: dict
+    worker_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Expired:
+    job_id: str
+    worker_id: str | None
+    new_state: JobState
+    attempts: int
+
+
+def _lease(lease_seconds: float):
+    return utcnow() + timedelta(seconds=lease_seconds)
+
+
+def work_waiting(engine: Engine) -> bool:
+    """A cheap read: is anything queued or any lease expired? Idle workers poll this instead of taking the write lock."""
+    now = utcnow()
+    queued = exists().where(col(Job.state) == JobState.queued)
+    expired = exists().where(col(Job.state).in_(OWNED), col(Job.lease_expires_at) < now)
+    with reading(engine) as session:
+        return bool(session.exec(select(queued | expired)).one())
+
+
+def claim(engine: Engine, worker_id: str, lease_seconds: float) -> Claim | None:
+    now = utcnow()
+    oldest_queued = (
+        select(Job.id)
+        .where(col(Job.state) == JobState.queued)
+        .order_by(col(Job.created_at), col(Job.id))
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    statement = (
+        update(Job)
+        .where(col(Job.id) == oldest_queued, col(Job.state) == JobState.queued)
+        .values(
+            state=JobState.running,
+            worker_id=worker_id,
+            attempts=col(Job.attempts) + 1,
+            lease_expires_at=_lease(lease_seconds),
+            started_at=now,
+            updated_at=now,
+        )
+        .returning(Job.id, Job.kind, Job.spec, Job.attempts)
+    )
+    with writing(engine) as session:
+        row = session.execute(statement).first()
+        if row is not None:
+            _set_worker_job(session, worker_id, row.id)
+    if row is None:
+        return None
+    return Claim(job_id=row.id, kind=row.kind, spec=row.spec, worker_id=worker_id, attempt=row.attempts)
+
+
+def _owned_by(claim: Claim):
+    return (
+        col(Job.id) == claim.job_id,
+        col(Job.worker_id) == claim.worker_id,
+        col(Job.attempts) == claim.attempt,
+        col(Job.state).in_(OWNED),
+    )
+
+
+def heartbeat(engine: Engine, claim: Claim, lease_seconds: float, progress: dict | None = None) -> str | None:
+    """Extend the lease (and store progress). Returns the job's state, or None when the job is no longer ours."""
+    values = {"lease_expires_at": _lease(lease_seconds), "updated_at": utcnow()}
+    if progress is not None:
+        values["progress"] = progress
+    statement = update(Job).where(*_owned_by(claim)).values(**values).returning(Job.state)
+    with writing(engine) as session:
+        state = session.execute(statement).scalar_one_or_none()
+        _set_worker_job(session, claim.worker_id, claim.job_id if state else None)
+    return state
+
+
+def finish(
+    engine: Engine,
+    claim: Claim,
+    state: JobState,
+    *,
+    result: dict | None = None,
+    error: dict | None = None,
+    progress: dict | None = None,
+) -> bool:
+    """Record the outcome. False when the job was no longer ours (its lease expired and it went back to the queue)."""
+    now = utcnow()
+    values = {
+        "state": state,
+        "result": result,
+        "error": error,
+        "lease_expires_at": None,
+        "finished_at": now,
+        "updated_at": now,
+    }
+    if progress is not None:
+        values["progress"] = progress
+    with writing(engine) as session:
+        done = session.execute(update(Job).where(*_owned_by(claim)).values(**values).returning(Job.id)).first()
+        _set_worker_job(session, claim.worker_id, None)
+    return done is not None
+
+
+def release(engine: Engine, claim: Claim) -> JobState | None:
+    """Give a job back because this worker is stopping: it is queued again without counting the attempt
+    (a job whose cancel was under way is cancelled instead)."""
+    now = utcnow()
+    common = {"worker_id": None, "lease_expires_at": None, "updated_at": now}
+    with writing(engine) as session:
+        state = session.execute(
+            update(Job)
+            .where(*_owned_by(claim))
+            .values(state=JobState.queued, attempts=col(Job.attempts) - 1, **common)
+            .where(col(Job.state) == JobState.running)
+            .returning(Job.state)
+        ).scalar_one_or_none()
+        if state is None:
+            state = session.execute(
+                update(Job)
+                .where(*_owned_by(claim))
+                .values(state=JobState.cancelled, finished_at=now, **common)
+                .returning(Job.state)
+            ).scalar_one_or_none()
+        _set_worker_job(session, claim.worker_id, None)
+    return state
+
+
+def expire_leases(engine: Engine, max_attempts: int) -> list[Expired]:
+    """Jobs whose worker stopped heartbeating: queued again, or failed after `max_attempts`; a cancel under way
+    completes (the worker that would have stopped the job is gone, and its job processes with it)."""
+    now = utcnow()
+    expired: list[Expired] = []
+    with writing(engine) as session:
+        rows = session.execute(
+            select(Job.id, Job.state, Job.attempts, Job.worker_id)
+            .where(col(Job.state).in_(OWNED), col(Job.lease_expires_at) < now)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for row in rows:
+            common = {"worker_id": None, "lease_expires_at": None, "updated_at": now}
+            if row.state == JobState.cancelling:
+                new_state, values = JobState.cancelled, {"finished_at": now}
+            elif row.attempts >= max_attempts:
+                new_state = JobState.failed
+                values = {
+                    "finished_at": now,
+                    "error": {
+                        "message": f"the job's worker stopped heartbeating (lease expired) on each of its "
+                        f"{row.attempts} attempts; not retried again (max_attempts={max_attempts})",
+                        "where": f"worker {row.worker_id}",
+                    },
+                }
+            else:
+                new_state, values = JobState.queued, {}
+            session.execute(
+                update(Job)
+                .where(col(Job.id) == row.id, col(Job.state) == row.state, col(Job.attempts) == row.attempts)
+                .values(state=new_state, **values, **common)
+            )
+            expired.append(Expired(row.id, row.worker_id, new_state, row.attempts))
+    return expired
+
+
+def note_expired(expired: list[Expired], jobs_dir: Path, max_attempts: int) -> None:
+    """Say in each job's log what happened to it, so the log tells the whole story of its attempts."""
+    for e in expired:
+        then = {
+            JobState.queued: f"queued again (attempt {e.attempts} of {max_attempts} lost)",
+            JobState.failed: f"failed: {max_attempts} attempts lost",
+            JobState.cancelled: "cancelled",
+        }[e.new_state]
+        line = f"[control] the lease of worker {e.worker_id} expired (it stopped heartbeating); job {then}\n"
+        log.warning("job %s: %s", e.job_id, line.strip())
+        log_file = jobs_dir / e.job_id / "output.log"
+        if log_file.parent.is_dir():
+            with open(log_file, "a", encoding="utf-8") as f:
+                f.write(line)
+
+
+# The workers table: who is there, what each runs, when each last spoke.
+
+
+def register_worker(engine: Engine, worker_id: str, host: str, pid: int) -> None:
+    with writing(engine) as session:
+        session.add(Worker(id=worker_id, host=host, pid=pid))
+
+
+def worker_heartbeat(engine: Engine, worker_id: str, job_id: str | None) -> None:
+    with writing(engine) as session:
+        _set_worker_job(session, worker_id, job_id)
+
+
+def unregister_worker(engine: Engine, worker_id: str) -> None:
+    with writing(engine) as session:
+        session.execute(delete(Worker).where(col(Worker.id) == worker_id))
+
+
+def forget_dead_workers(engine: Engine, older_than_seconds: float) -> int:
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    with writing(engine) as session:
+        return session.execute(delete(Worker).where(col(Worker.heartbeat_at) < cutoff)).rowcount
+
+
+def _set_worker_job(session, worker_id: str, job_id: str | None) -> None:
+    session.execute(
+        update(Worker).where(col(Worker.id) == worker_id).values(job_id=job_id, heartbeat_at=utcnow())
+    )

@@ -1,0 +1,67 @@
+"""Writing files so that a crash leaves either the old file or the whole new one, never a part.
+
+Every file the project writes for others to read (shards, manifests, tokenizer files, checkpoints) goes through here:
+written under a hidden temporary name in the same folder, flushed to disk, renamed over the final name, and then the
+folder itself is flushed, so that the rename survives a power loss too (POSIX leaves it in the page cache until then).
+"""
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def temp_path(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place: hidden, so no listing of `*.parquet` or `*.pt` sees it."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Rename a finished, fsynced `tmp` over `path` and make the rename durable."""
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """`write(f)` into a temporary file, then publish it as `path`."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_atomic(path: Path, save: Callable[[Path], None]) -> None:
+    """For writers that take a path (torch.save, pyarrow): `save(tmp)`, then publish it as `path`."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        save(tmp)
+        fsync_file(tmp)
+        publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))

@@ -1,0 +1,132 @@
+"""`openseek-nanochat convert`: a spec file, or the OpenSeek example's flags (--dataset, --num-shards, ...)."""
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from openseek_nanochat.cli import Command
+
+FLAG_HELP = "the OpenSeek example's flags; they build the spec when no SPEC file is given"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", nargs="?", help="a ConvertSpec JSON file, or - for stdin")
+    parser.add_argument("--events", action="store_true", help="print progress events (for workers) instead of a bar")
+    flags = parser.add_argument_group("spec from flags", FLAG_HELP)
+    flags.add_argument("--dataset", help="a Hugging Face dataset id, a local dataset dir, or files/globs")
+    flags.add_argument("--num-shards", type=int, help="shards to create, the val shard included (-1: all data)")
+    flags.add_argument("--shard-size", type=int, help="characters per shard (default 250M)")
+    flags.add_argument("--text-column", help="column holding the text (default: text)")
+    flags.add_argument("--text-template", help="e.g. '{question}\\n{answer}'")
+    flags.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=None,
+                       help="stream a Hugging Face dataset instead of downloading it whole (default: on)")
+    flags.add_argument("--split", help="dataset split (default: train)")
+    flags.add_argument("--output-dir", help="where shards go (default: <data dir>/datasets/<name>)")
+    flags.add_argument("--name", help="names the default output dir")
+    flags.add_argument("--max-docs", type=int)
+    flags.add_argument("--max-chars", type=int)
+    flags.add_argument("--val-docs", type=int)
+    flags.add_argument("--seed", type=int)
+    flags.add_argument("--no-shuffle", action="store_true")
+
+
+def spec_from_flags(args: argparse.Namespace) -> dict:
+    """The spec the OpenSeek example's command line means."""
+    dataset = args.dataset
+    local = Path(dataset).expanduser()
+    text = {k: v for k, v in {"text_column": args.text_column, "text_template": args.text_template}.items() if v}
+    if local.is_file() or any(c in dataset for c in "*?["):
+        source = {"type": "files", "paths": [dataset], **text}
+    else:
+        source = {"type": "hf", "dataset": dataset, **text}
+        if args.streaming is not None:
+            source["streaming"] = args.streaming
+        if args.split:
+            source["split"] = args.split
+    spec = {"sources": [source], "name": re.sub(r"[^A-Za-z0-9._-]+", "_", local.name or dataset).strip("._-")[:128]}
+    optional = {"chars_per_shard": args.shard_size, "output_dir": args.output_dir, "max_docs": args.max_docs,
+                "max_chars": args.max_chars, "val_docs": args.val_docs, "seed": args.seed}
+    spec.update({k: v for k, v in optional.items() if v is not None})
+    if args.name:
+        spec["name"] = args.name
+    if args.num_shards is not None and args.num_shards != -1:
+        spec["max_shards"] = args.num_shards
+    if args.no_shuffle:
+        spec["shuffle"] = False
+    return spec
+
+
+def load_spec_dict(args: argparse.Namespace) -> dict:
+    if args.spec and args.dataset:
+        raise SystemExit("give either a SPEC file or --dataset, not both")
+    if args.dataset:
+        return spec_from_flags(args)
+    if not args.spec:
+        raise SystemExit("give a SPEC file (or - for stdin), or --dataset; see --help")
+    text = sys.stdin.read() if args.spec == "-" else Path(args.spec).read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{args.spec}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
+
+
+class ProgressBar:
+    def __init__(self):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {postfix}", dynamic_ncols=True)
+
+    def __call__(self, p: dict) -> None:
+        if p.get("fraction") is not None:
+            self.bar.n = round(100 * p["fraction"], 1)
+        eta = f", ETA {p['eta_s']:.0f}s" if p.get("eta_s") else ""
+        self.bar.set_postfix_str(f"{p['docs']:,} docs, {p['chars'] / 1e6:,.1f} MB, {p['shards']} shards, "
+                                 f"{p['rate']:,.0f} docs/s, {p['mb_per_s']:.1f} MB/s{eta}")
+
+    def close(self):
+        self.bar.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from openseek_nanochat import events
+    from openseek_nanochat.convert.run import convert
+    from openseek_nanochat.errors import InputError
+    from openseek_nanochat.paths import PathPolicyError
+    from openseek_nanochat.convert.spec import ConvertSpec
+
+    try:
+        spec = ConvertSpec.model_validate(load_spec_dict(args))
+    except ValidationError as e:
+        print(f"invalid spec: {e}", file=sys.stderr)
+        return 2
+    progress = (lambda p: events.emit("progress", **p)) if args.events else ProgressBar()
+    try:
+        manifest = convert(spec, on_progress=progress)
+    except (InputError, PathPolicyError) as e:
+        where = getattr(e, "where", None)
+        if args.events:
+            events.emit("error", message=getattr(e, "message", str(e)), where=where)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if not args.events:
+            progress.close()
+    totals = manifest["totals"]
+    summary = {"output_dir": manifest["output_dir"], "manifest": str(Path(manifest["output_dir"]) / "manifest.json"),
+               **totals}
+    if args.events:
+        events.emit("result", **summary)
+    else:
+        print(f"wrote {totals['shards']} shards ({totals['train_shards']} train + 1 val), {totals['docs']:,} docs, "
+              f"{totals['chars']:,} chars, {totals['bytes'] / 1e6:,.1f} MB to {manifest['output_dir']}")
+        skipped = totals["skipped"]
+        if any(skipped.values()):
+            print("skipped: " + ", ".join(f"{k}={v:,}" for k, v in sorted(skipped.items()) if v))
+    return 0
+
+
+command = Command("convert datasets into nanochat parquet shards", add_arguments, run)

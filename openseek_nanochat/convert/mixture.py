@@ -1,0 +1,276 @@
+"""Weighted interleaving and shuffling of sources into one deterministic document stream.
+
+The stream is produced in blocks of about `shuffle_buffer` documents. Each block takes from every source its share
+(by documents, or by characters when the budget is `max_chars`), carrying any rounding into the next block so shares
+stay exact over the run; then the block is permuted with an RNG seeded by (seed, block index). Memory is bounded by
+one block, and the state at a block boundary is tiny (per source: cursor, offset, epoch, counters), which is what
+makes a conversion resumable: `DocStream.blocks(snapshot)` regenerates the stream from any recorded block.
+
+Without a budget every document of every source appears exactly once; weights only shape the interleaving. With a
+budget, a source that runs out starts a new epoch, as Megatron's blended datasets do.
+"""
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from openseek_nanochat.errors import InputError
+from openseek_nanochat.convert.sources import TextSource
+
+# At most about this much text in one block, however long the documents: bounds memory (a block, the one being
+# prefetched and the ring's share of older ones are alive at once) and keeps a block's text under Arrow's 2 GB.
+BLOCK_CHARS_CAP = 64_000_000
+FIRST_BLOCK_CHARS = 8_000_000
+
+
+def _empty_texts() -> pa.Array:
+    return pa.array([], pa.string())
+
+
+class SourceReader:
+    """One source's documents in order, empties and short ones dropped, across epochs when asked."""
+
+    def __init__(self, source: TextSource, min_chars: int):
+        self.source = source
+        self.min_chars = min_chars
+        self.epoch = 0
+        self.cursor: dict | None = None  # cursor of the held batch
+        self.offset = 0  # documents of the held batch already taken
+        self.exhausted = False
+        self.skipped: Counter = Counter()
+        self.stats: Counter = Counter()
+        self.seen_docs = 0  # kept documents fetched (whole batches), for the mean length
+        self.seen_chars = 0
+        self._progress_span = (0.0, 0.0)  # the source's progress before and after the held batch
+        self._iter = None
+        self._texts = _empty_texts()
+        self._lengths = np.zeros(0, np.int64)
+        self._count_next = True  # False for the re-fetch of the held batch after a restore
+        self._docs_this_epoch = 0
+
+    # -- state ----------------------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "offset": self.offset, "exhausted": self.exhausted,
+                "skipped": dict(self.skipped), "stats": dict(self.stats), "seen_docs": self.seen_docs,
+                "seen_chars": self.seen_chars, "progress_span": self._progress_span}
+
+    def restore(self, state: dict) -> None:
+        self.epoch, self.cursor, self.offset = state["epoch"], state["cursor"], state["offset"]
+        self.exhausted = state["exhausted"]
+        self.skipped, self.stats = Counter(state["skipped"]), Counter(state["stats"])
+        self.seen_docs, self.seen_chars = state["seen_docs"], state["seen_chars"]
+        self._progress_span = tuple(state["progress_span"])
+        self._docs_this_epoch = 1 if self.seen_docs else 0  # only a source that never had a document can't repeat
+        if self.cursor is not None and not self.exhausted:
+            self._iter = iter(self.source.read(self.cursor))
+            self._count_next = False
+            offset, span = self.offset, self._progress_span
+            self._fetch()
+            self.offset, self._progress_span = offset, span
+
+    # -- reading --------------------------------------------------------------------------------------------------
+    def _fetch(self) -> bool:
+        """Hold the next batch with at least one document; False at the end of the epoch."""
+        if self._iter is None:
+            self._iter = iter(self.source.read(None))
+        while True:
+            try:
+                batch = next(self._iter)
+            except StopIteration:
+                return False
+            texts = batch.texts
+            lengths = pc.fill_null(pc.utf8_length(texts), 0)
+            empty = pc.or_(pc.equal(lengths, 0), pc.fill_null(pc.utf8_is_space(texts), True))
+            short = pc.and_not(pc.less(lengths, self.min_chars), empty)
+            keep = pc.invert(pc.or_(empty, short))
+            dropped = pc.sum(pc.invert(keep)).as_py() or 0
+            kept, kept_lengths = (texts.filter(keep), lengths.filter(keep)) if dropped else (texts, lengths)
+            if kept.type != pa.string():
+                kept = kept.cast(pa.string())
+            kept_lengths = kept_lengths.to_numpy(zero_copy_only=False).astype(np.int64)
+            if self._count_next and self.epoch == 0:
+                for reason, n in batch.skipped.items():
+                    self.skipped[reason] += n
+                for key, n in batch.stats.items():
+                    self.stats[key] += n
+                self.skipped["empty"] += pc.sum(empty).as_py() or 0
+                self.skipped["short"] += pc.sum(short).as_py() or 0
+            if self._count_next:
+                self.seen_docs += len(kept)
+                self.seen_chars += int(kept_lengths.sum())
+            self._count_next = True
+            if batch.progress is not None:
+                self._progress_span = (self._progress_span[1], batch.progress)
+            self.cursor, self.offset = batch.cursor, 0
+            self._texts, self._lengths = kept, kept_lengths
+            if len(kept):
+                self._docs_this_epoch += len(kept)
+                return True
+
+    @property
+    def progress(self) -> float:
+        """The fraction of the source taken, interpolated through the held batch (a batch can be a whole file)."""
+        before, after = self._progress_span
+        held = len(self._texts)
+        return after if not held else before + (after - before) * min(self.offset, held) / held
+
+    def _new_epoch(self) -> None:
+        if self._docs_this_epoch == 0:
+            raise InputError("has no documents to repeat", self.source.name)
+        self.epoch += 1
+        self._iter, self._docs_this_epoch = None, 0
+        self.exhausted = False
+
+    def take(self, quota: int, by_chars: bool, repeat: bool) -> tuple[list[pa.Array], list[np.ndarray], int, int]:
+        """Documents until `quota` units (docs, or chars: the last one may cross it).
+
+        Returns (text arrays, their lengths in chars, docs, chars)."""
+        parts, part_lengths, docs, chars = [], [], 0, 0
+        while (chars if by_chars else docs) < quota:
+            if self.offset >= len(self._texts):
+                if self.exhausted or not self._fetch():
+                    self.exhausted = True
+                    if not repeat:
+                        break
+                    self._new_epoch()
+                    continue
+            lengths = self._lengths[self.offset:]
+            if by_chars:
+                n = int(np.searchsorted(np.cumsum(lengths), quota - chars, side="left")) + 1
+            else:
+                n = quota - docs
+            n = min(n, len(lengths))
+            parts.append(self._texts.slice(self.offset, n))
+            part_lengths.append(lengths[:n])
+            docs, chars = docs + n, chars + int(lengths[:n].sum())
+            self.offset += n
+        return parts, part_lengths, docs, chars
+
+    def mean_length(self) -> float | None:
+        if not self.seen_docs and self.offset >= len(self._texts) and not self.exhausted:
+            self._fetch()  # peek: the first block needs a length estimate
+            self.offset = 0
+        return self.seen_chars / self.seen_docs if self.seen_docs else None
+
+
+@dataclass
+class Block:
+    index: int
+    snapshot: dict  # the stream state just before this block; DocStream.blocks(snapshot) regenerates from here
+    table: pa.Table  # columns: text (string), source (int16), chars (int64)
+
+
+class DocStream:
+    def __init__(self, sources: list[TextSource], *, min_chars: int, shuffle: bool, block_docs: int, seed: int,
+                 max_docs: int | None = None, max_chars: int | None = None):
+        self.readers = [SourceReader(s, min_chars) for s in sources]
+        weights = np.array([s.weight for s in sources], dtype=np.float64)
+        self.weights = weights / weights.sum()
+        self.shuffle, self.block_docs, self.seed = shuffle, block_docs, seed
+        self.max_docs, self.max_chars = max_docs, max_chars
+        self.by_chars = max_chars is not None
+        self.repeat = max_docs is not None or max_chars is not None
+        self.emitted = np.zeros(len(sources), dtype=np.int64)  # units per source, for the shares
+        self.stream_docs = 0
+        self.stream_chars = 0
+
+    def snapshot(self, block_index: int) -> dict:
+        return {"block": block_index, "stream_docs": self.stream_docs, "stream_chars": self.stream_chars,
+                "progress": self.progress(),
+                "emitted": self.emitted.tolist(), "readers": [r.state() for r in self.readers]}
+
+    def restore(self, snapshot: dict) -> None:
+        self.stream_docs, self.stream_chars = snapshot["stream_docs"], snapshot["stream_chars"]
+        self.emitted = np.array(snapshot["emitted"], dtype=np.int64)
+        for reader, state in zip(self.readers, snapshot["readers"]):
+            reader.restore(state)
+
+    def progress(self) -> float | None:
+        if self.max_chars:
+            return min(1.0, self.stream_chars / self.max_chars)
+        if self.max_docs:
+            return min(1.0, self.stream_docs / self.max_docs)
+        known = [r.progress for r in self.readers]
+        return float(np.dot(self.weights, known)) if known else None
+
+    def _block_units(self, index: int) -> int:
+        """The next block's size: `block_docs` documents, fewer when documents are long (memory stays bounded).
+
+        The first blocks are smaller (8M, 16M, 32M chars, then the cap): shards start being written while the
+        next block is read, instead of after a whole large block."""
+        means = [m for m in (r.mean_length() for r in self.readers) if m]
+        mean = float(np.mean(means)) if means else 1.0
+        cap = min(BLOCK_CHARS_CAP, FIRST_BLOCK_CHARS << min(index, 8))
+        docs = min(self.block_docs, max(1, int(cap / mean)))
+        if not self.by_chars:
+            return docs if self.max_docs is None else min(docs, self.max_docs - self.stream_docs)
+        return min(max(1, int(docs * mean)), self.max_chars - self.stream_chars)
+
+    def _budget_left(self) -> bool:
+        if self.max_docs is not None and self.stream_docs >= self.max_docs:
+            return False
+        if self.max_chars is not None and self.stream_chars >= self.max_chars:
+            return False
+        return True
+
+    def blocks(self, start: dict | None = None):
+        if start is not None:
+            self.restore(start)
+        index = start["block"] if start is not None else 0
+        while self._budget_left():
+            snapshot = self.snapshot(index)
+            active = np.array([not r.exhausted or self.repeat for r in self.readers])
+            if not active.any():
+                return
+            weights = np.where(active, self.weights, 0.0)
+            weights /= weights.sum()
+            units = self._block_units(index)
+            target = weights * (self.emitted[active].sum() + units)
+            quotas = np.maximum(0, np.ceil(target - self.emitted)).astype(np.int64)
+            parts, lengths, source_ids, took = [], [], [], np.zeros(len(self.readers), dtype=np.int64)
+            for i, reader in enumerate(self.readers):
+                if quotas[i] <= 0 or not active[i]:
+                    continue
+                arrays, part_lengths, docs, chars = reader.take(int(quotas[i]), self.by_chars, self.repeat)
+                parts.extend(arrays)
+                lengths.extend(part_lengths)
+                source_ids.append(np.full(docs, i, dtype=np.int16))
+                took[i] = chars if self.by_chars else docs
+            self.emitted += took
+            if not parts:
+                if all(r.exhausted for r in self.readers) and not self.repeat:
+                    return
+                continue
+            texts = pa.chunked_array(parts, pa.string())
+            if sum(p.nbytes for p in parts) >= 2**31 - 2**24:  # a freak block of huge documents: 64-bit offsets
+                texts = texts.cast(pa.large_string())
+            table = pa.table({"text": texts, "source": np.concatenate(source_ids),
+                              "chars": np.concatenate(lengths)})
+            table = table.take(self._order(index, table.column("source").to_numpy()))
+            table = self._cut_at_budget(table)
+            self.stream_docs += table.num_rows
+            self.stream_chars += int(pc.sum(table["chars"]).as_py() or 0)
+            yield Block(index, snapshot, table)
+            index += 1
+
+    def _order(self, block_index: int, sources: np.ndarray) -> np.ndarray:
+        if self.shuffle:
+            return np.random.default_rng([self.seed, block_index]).permutation(len(sources))
+        # No shuffle: keep each source's order and spread sources evenly through the block.
+        position = np.zeros(len(sources), dtype=np.float64)
+        for i in np.unique(sources):
+            mask = sources == i
+            position[mask] = (np.arange(mask.sum()) + 0.5) / mask.sum()
+        return np.argsort(position, kind="stable")
+
+    def _cut_at_budget(self, table: pa.Table) -> pa.Table:
+        keep = table.num_rows
+        if self.max_docs is not None:
+            keep = min(keep, self.max_docs - self.stream_docs)
+        if self.max_chars is not None:
+            cumulative = np.cumsum(table["chars"].to_numpy())
+            keep = min(keep, int(np.searchsorted(cumulative, self.max_chars - self.stream_chars, side="left")) + 1)
+        return table.slice(0, keep) if keep < table.num_rows else table

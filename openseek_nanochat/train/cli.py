@@ -1,0 +1,55 @@
+"""`openseek-nanochat train SPEC.json [--events]`: run a train job in the foreground.
+
+The run dir is <data dir>/runs/<$OPENSEEK_NANOCHAT_JOB_ID>, or runs/spec-<hash> without a job id; running the same
+spec again continues it from its last checkpoint.
+"""
+
+import argparse
+import json
+import sys
+
+from openseek_nanochat.cli import Command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="a TrainSpec JSON file")
+    parser.add_argument("--events", action="store_true", help="print progress/metric/result events for a worker")
+
+
+def run(args) -> int:
+    from pydantic import ValidationError
+
+    from openseek_nanochat.train import job as train_job
+    from openseek_nanochat.errors import InputError
+    from openseek_nanochat.events import emit
+    from openseek_nanochat.settings import get_settings
+    from openseek_nanochat.train.spec import TrainSpec
+
+    def fail(message: str, where: str | None) -> int:
+        if args.events:
+            emit("error", message=message, where=where)
+        print(f"error: {where + ': ' if where else ''}{message}", file=sys.stderr)
+        return 2
+
+    try:
+        with open(args.spec, encoding="utf-8") as f:
+            spec = TrainSpec.model_validate_json(f.read())
+    except OSError as e:
+        return fail(f"cannot read the spec: {e}", args.spec)
+    except ValidationError as e:
+        return fail("; ".join(f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg']}" for err in e.errors()), args.spec)
+    settings = get_settings()
+    try:
+        spec = train_job.prepare(spec, settings)
+        run_dir = train_job.run_dir_for(spec, settings)
+        result = train_job.run(spec, run_dir, events=args.events)
+    except InputError as e:
+        return fail(e.message, e.where)
+    except RuntimeError as e:  # the trainer crashed: its output above says why
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+command = Command("train a tokenizer and a model on converted shards", add_arguments, run)
