@@ -1,4 +1,5 @@
-"""Alembic's entry point. The service hands in a connection (app/migrate.py); the alembic CLI gets one from settings."""
+"""Alembic's entry point. The service hands in a connection (app/jobs/migrate.py); the alembic CLI gets one from
+the settings."""
 
 from logging.config import fileConfig
 

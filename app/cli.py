@@ -10,6 +10,7 @@ sends them SIGTERM all the same (see openseek_nanochat/procs.py).
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -28,9 +29,15 @@ def _count(text: str) -> int:
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument(
+        "--host", default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1, this machine only; elsewhere, set an API token and "
+        "OPENSEEK_NANOCHAT_ALLOWED_HOSTS)",
+    )
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--workers", type=_count, default=1, help="worker processes to run beside the API (0: API only)")
+    parser.add_argument(
+        "--workers", type=_count, default=1, help="worker processes to run beside the API (0: API only)"
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument(
         "--access-log", action=argparse.BooleanOptionalAction, default=False,
@@ -119,6 +126,7 @@ def run_serve(args: argparse.Namespace) -> int:
     upgrade(engine)
     engine.dispose()
 
+    os.environ["OPENSEEK_NANOCHAT_BIND_HOST"] = args.host  # create_app reads it: which Host names to answer
     config = uvicorn.Config(
         "app.main:create_app",
         factory=True,

@@ -15,15 +15,12 @@ from sqlalchemy.exc import SQLAlchemyError
 import openseek_nanochat
 from openseek_nanochat.settings import Settings, get_settings
 
-from app.api import errors
-
-from app.jobs import files as jobfiles
-
-from app.jobs import queue
-from app.jobs.db import make_engine
+from app.api import errors, origins
 from app.api.deps import require_token
 from app.api.limits import BodySizeLimit
 from app.api.routes import dashboard, docs, events, jobs, prometheus, system
+from app.jobs import queue
+from app.jobs.db import make_engine
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +40,7 @@ async def _sweep_expired_leases(app: FastAPI) -> None:
         try:
             if await asyncio.to_thread(queue.work_waiting, app.state.engine):
                 expired = await asyncio.to_thread(queue.expire_leases, app.state.engine, settings.max_attempts)
-                queue.note_expired(expired, jobfiles.jobs_root(settings), settings.max_attempts)
+                queue.note_expired(expired, settings)
         except SQLAlchemyError:
             log.exception("sweeping expired leases failed; trying again in %.0f s", interval)
 
@@ -75,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = make_engine(settings.sqlalchemy_url)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    origins.install(app, settings)  # outermost: a request from the wrong Host or origin goes no further
     errors.install(app)
     app.include_router(system.router)
     app.include_router(jobs.router, dependencies=[Depends(require_token)])

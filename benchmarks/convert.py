@@ -2,7 +2,8 @@
 
 The ceiling is the least work that produces nanochat-style shards from JSONL: Arrow's streaming JSON reader straight
 into a zstd ParquetWriter, no shuffle, no manifest. Each measurement runs in a fresh process that reports its own
-peak RSS (the best wall time and the highest peak of --repeat alternating runs). Two corpus sizes show whether memory stays flat as the input grows.
+peak RSS (the best wall time and the highest peak of --repeat alternating runs). Two corpus sizes show whether memory
+stays flat as the input grows.
 
     .venv/bin/python benchmarks/convert.py [--mb 200 800] [--repeat 3] [--workdir bench-data]
 """
@@ -60,7 +61,8 @@ def project(corpus: str, out: str) -> None:
 def measure(kind: str, corpus: Path, out: Path) -> dict:
     """Run one measurement in a fresh process; return wall seconds and peak RSS in MB."""
     subprocess.run(["rm", "-rf", str(out)], check=True)
-    env = {**os.environ, "OPENSEEK_NANOCHAT_DATA_DIR": str(out.parent), "OPENSEEK_NANOCHAT_INPUT_ROOTS": str(corpus.parent)}
+    env = {**os.environ, "OPENSEEK_NANOCHAT_DATA_DIR": str(out.parent.parent),  # out is <data dir>/datasets/<name>
+           "OPENSEEK_NANOCHAT_INPUT_ROOTS": str(corpus.parent)}
     proc = subprocess.run([sys.executable, __file__, "--child", kind, str(corpus), str(out)], env=env,
                           capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -96,7 +98,7 @@ def main() -> None:
         runs = {"ceiling": [], "project": []}
         for _ in range(args.repeat):  # alternate, so a burst of load on this shared machine hits both alike
             for kind in runs:
-                runs[kind].append(measure(kind, corpus, work / f"out_{kind}"))
+                runs[kind].append(measure(kind, corpus, work / "datasets" / f"out_{kind}"))
         results = {kind: {"wall_s": min(r["wall_s"] for r in rs), "peak_rss_mb": max(r["peak_rss_mb"] for r in rs)}
                    for kind, rs in runs.items()}
         for kind, r in results.items():

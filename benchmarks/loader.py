@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 
-from openseek_nanochat.train import dataloader
-
+from openseek_nanochat.train import dataloader  # noqa: E402
 from openseek_nanochat.train import tokenizer as tok  # noqa: E402
+from openseek_nanochat.train.nanochat import layout  # noqa: E402
 
 
 def corpus_docs(kind: str, seed: int = 0) -> list[str]:
@@ -63,14 +63,14 @@ def corpus_docs(kind: str, seed: int = 0) -> list[str]:
 def make_base_dir(root: Path, kind: str, vocab_size: int = 32768) -> Path:
     """$NANOCHAT_BASE_DIR: base_data_climbmix/ (4 train shards + val, row groups of 256 docs) and tokenizer/."""
     docs = corpus_docs(kind)
-    data = root / dataloader.DATA_SUBDIR
+    data = root / layout.DATA_SUBDIR
     data.mkdir(parents=True)
     val = max(256, len(docs) // 20)
     train = docs[:-val]
     per_shard = -(-len(train) // 4)
     for i, part in enumerate([train[j:j + per_shard] for j in range(0, len(train), per_shard)] + [docs[-val:]]):
         pq.write_table(pa.table({"text": part}), data / f"shard_{i:05d}.parquet", row_group_size=256)
-    tok.save(tok.train_encoding(iter(docs), vocab_size), root / "tokenizer")
+    tok.save(tok.train_encoding(iter(docs), vocab_size), root / layout.TOKENIZER_SUBDIR)
     return root
 
 
@@ -155,7 +155,7 @@ def main() -> int:
             import nanochat.dataset
             from nanochat.tokenizer import get_tokenizer
 
-            nanochat.dataset.DATA_DIR = str(base / dataloader.DATA_SUBDIR)
+            nanochat.dataset.DATA_DIR = str(base / layout.DATA_SUBDIR)
             nanochat_tokenizer = get_tokenizer()
             loaders["nanochat"] = lambda: nanochat.dataloader.tokenizing_distributed_data_loader_bos_bestfit(
                 nanochat_tokenizer, B, T, "train", device="cpu")

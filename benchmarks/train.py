@@ -22,10 +22,9 @@ from loader import REPO, make_base_dir  # noqa: E402
 sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
-from openseek_nanochat.train import dataloader
-
 from openseek_nanochat.train.builtin import trainer as train  # noqa: E402
 from openseek_nanochat.train.builtin.model import GPT, config_for_depth  # noqa: E402
+from openseek_nanochat.train.nanochat import layout  # noqa: E402
 
 
 def main() -> int:
@@ -46,7 +45,8 @@ def main() -> int:
         base = make_base_dir(Path(tmp), "mixed", vocab_size)
         run_dir = Path(tmp) / "run"
         train.main([
-            f"--data-dir={base / dataloader.DATA_SUBDIR}", f"--tokenizer-dir={base / 'tokenizer'}", f"--run-dir={run_dir}",
+            f"--data-dir={base / layout.DATA_SUBDIR}", f"--tokenizer-dir={base / layout.TOKENIZER_SUBDIR}",
+            f"--run-dir={run_dir}",
             f"--device-type={args.device}", f"--depth={args.depth}", f"--max-seq-len={args.max_seq_len}",
             f"--device-batch-size={args.device_batch_size}", f"--num-iterations={args.steps}", "--eval-every=-1",
             f"--eval-tokens={args.device_batch_size * args.max_seq_len}", f"--warmup-steps={args.warmup}",

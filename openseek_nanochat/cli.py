@@ -22,13 +22,9 @@ class Command(NamedTuple):
 
 
 def commands() -> dict[str, Command]:
-    found = {ep.name: ep.load() for ep in entry_points(group=COMMAND_GROUP)}
-    if not found:  # a source tree that was never installed: the library's own commands
-        from openseek_nanochat.convert.cli import command as convert
-        from openseek_nanochat.train.cli import command as train
-
-        found = {"convert": convert, "train": train}
-    return found
+    """Every installed command (the project must be installed, `pip install -e .` for a checkout: entry points are
+    package metadata)."""
+    return {ep.name: ep.load() for ep in entry_points(group=COMMAND_GROUP)}
 
 
 def build_parser() -> argparse.ArgumentParser:

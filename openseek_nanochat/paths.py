@@ -1,17 +1,47 @@
-"""Path policy: inputs only under the input roots, outputs only under the data dir.
+"""Where things live: the data dir's layout, and the path policy (inputs only under the input roots, outputs only
+under the data dir).
 
-Paths are resolved (symlinks followed, `..` collapsed) before the check, so neither a `..` nor a symlink can escape.
+The data dir holds `datasets/<name>` (conversions' output dirs), `runs/<job id>` (trainings), `jobs/<job id>` (the
+spec, log and metrics of each job the service runs) and `cache/` (libraries' caches); the database's default is
+settings.py's. A conversion writes only to a folder of its own strictly inside `datasets/`: a purge removes a job's
+output dir, so that must never be the data dir, `datasets/`, `jobs/` or `runs/`. Paths are resolved (symlinks
+followed, `..` collapsed) before the policy check, so neither a `..` nor a symlink can escape, and folders are compared
+by components (`/d/p` and `/d/p2` are apart).
+A glob is checked by its literal prefix before anything is listed, then walked within bounds (`glob_inputs`).
 """
 
+import fnmatch
 import glob
 import os
+import time
 from pathlib import Path
 
 from openseek_nanochat.settings import Settings
 
 
 class PathPolicyError(ValueError):
-    pass
+    """A path the policy refuses; `where` names the spec field it came from, when one does."""
+
+    def __init__(self, message: str, where: str | None = None):
+        super().__init__(message)
+        self.where = where
+
+
+def datasets_dir(settings: Settings) -> Path:
+    return settings.resolved_data_dir / "datasets"
+
+
+def runs_dir(settings: Settings) -> Path:
+    return settings.resolved_data_dir / "runs"
+
+
+def jobs_dir(settings: Settings) -> Path:
+    return settings.resolved_data_dir / "jobs"
+
+
+def cache_dir(settings: Settings) -> Path:
+    """Caches of the libraries jobs use (e.g. `hf/` for Hugging Face datasets): rebuilt when deleted."""
+    return settings.resolved_data_dir / "cache"
 
 
 def _is_under(path: Path, root: Path) -> bool:
@@ -20,42 +50,159 @@ def _is_under(path: Path, root: Path) -> bool:
 
 def check_input_path(path: str | os.PathLike, settings: Settings) -> Path:
     resolved = Path(path).expanduser().resolve()
-    roots = settings.resolved_input_roots
-    if not any(_is_under(resolved, root) for root in roots):
-        raise PathPolicyError(
-            f"input path {str(path)!r} is outside the allowed input roots "
-            f"({os.pathsep.join(map(str, roots))}); set OPENSEEK_NANOCHAT_INPUT_ROOTS to allow it"
-        )
+    if not any(_is_under(resolved, root) for root in settings.resolved_input_roots):
+        raise _outside_roots(str(path), settings)
     return resolved
 
 
-def check_output_path(path: str | os.PathLike, settings: Settings) -> Path:
+def nested(a: Path, b: Path) -> bool:
+    """Whether one of two resolved folders is, or lies inside, the other."""
+    return a == b or a in b.parents or b in a.parents
+
+
+def is_dataset_dir(path: Path, settings: Settings) -> bool:
+    """Whether a resolved path is a folder of its own strictly inside `datasets/`, where conversions write."""
+    return datasets_dir(settings).resolve() in path.parents
+
+
+def check_dataset_output(path: str | os.PathLike, settings: Settings) -> Path:
+    """A conversion's output dir (the `output_dir` field), resolved: strictly inside `<data dir>/datasets/`."""
     resolved = Path(path).expanduser().resolve()
-    root = settings.resolved_data_dir
+    if is_dataset_dir(resolved, settings):
+        return resolved
+    root, datasets = settings.resolved_data_dir, datasets_dir(settings)
     if not _is_under(resolved, root):
         raise PathPolicyError(
-            f"output path {str(path)!r} is outside the data dir {root}; set OPENSEEK_NANOCHAT_DATA_DIR to allow it"
+            f"output path {str(path)!r} is outside the data dir {root}; set OPENSEEK_NANOCHAT_DATA_DIR to allow it",
+            "output_dir")
+    raise PathPolicyError(
+        f"output path {str(path)!r} is not inside {datasets}: a conversion writes to a folder of its own there "
+        f"(e.g. {datasets}/<name>)", "output_dir")
+
+
+def check_job_input(path: str | os.PathLike, settings: Settings, what: str = "input path") -> Path:
+    """An input that an earlier job may have written (a train job's dataset or tokenizer): under the data dir or the
+    input roots."""
+    resolved = Path(path).expanduser().resolve()
+    roots = [settings.resolved_data_dir, *settings.resolved_input_roots]
+    if not any(_is_under(resolved, root) for root in roots):
+        raise PathPolicyError(
+            f"{what} {str(path)!r} is outside the data dir and the input roots ({os.pathsep.join(map(str, roots))})"
         )
     return resolved
+
+
+def in_input_roots(path: str | os.PathLike, settings: Settings) -> bool:
+    resolved = Path(path).resolve()
+    return any(_is_under(resolved, root) for root in settings.resolved_input_roots)
+
+
+def _outside_roots(path: str, settings: Settings) -> PathPolicyError:
+    roots = os.pathsep.join(map(str, settings.resolved_input_roots))
+    return PathPolicyError(f"input path {path!r} is outside the allowed input roots ({roots}); set "
+                           "OPENSEEK_NANOCHAT_INPUT_ROOTS to allow it")
+
+
+# --- globs -----------------------------------------------------------------------------------------------------------
+# Caps on expanding one pattern, so that no request keeps the API busy or lists a whole disk. Constants, not settings:
+# a pattern that reaches one is better narrowed (or split over several sources) than the cap raised.
+MAX_GLOB_MATCHES = 100_000
+MAX_GLOB_DEPTH = 64  # folders below the pattern's literal prefix
+GLOB_SECONDS = 10.0
+
+
+def _literal_prefix(pattern: str, settings: Settings) -> tuple[Path, tuple[str, ...]]:
+    """The pattern's path up to its first component with a wildcard, resolved and under a root, and the components
+    from there on. `..` is collapsed as written before any link is followed, and the walk starts from the resolved
+    prefix, so what is listed is what was checked; whether anything outside the roots exists never shows."""
+    parts = Path(os.path.abspath(os.path.expanduser(pattern))).parts
+    first = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    prefix = Path(*parts[:first]).resolve()
+    if not in_input_roots(prefix, settings):
+        raise _outside_roots(pattern, settings)
+    return prefix, parts[first:]
+
+
+class _Walk:
+    """glob's rules (`**` is zero or more folders, hidden names only where the pattern names them), but a `**` never
+    enters a folder link (no loops), a wildcard entering one checks it against the roots first, and every file link
+    matched must lead under a root. Errors name the pattern or a path under a root, never where a link leads."""
+
+    def __init__(self, pattern: str, settings: Settings):
+        self.pattern, self.settings = pattern, settings
+        self.deadline = time.monotonic() + GLOB_SECONDS
+        self.found: set[str] = set()
+
+    def walk(self, folder: str, parts: tuple[str, ...], depth: int = 0) -> None:
+        part, rest = parts[0], parts[1:]
+        if part == "**":
+            self.walk(folder, rest or ("*",), depth)  # zero folders; a trailing `**` names every file below
+            for entry in self._entries(folder, "*"):
+                if entry.is_dir(follow_symlinks=False):
+                    self._descend(entry.path, parts, depth)
+            return
+        names = [entry.name for entry in self._entries(folder, part)] if glob.has_magic(part) else [part]
+        for name in names:
+            path = os.path.join(folder, name)
+            if rest and os.path.isdir(path):
+                self._check_link(path)
+                self._descend(path, rest, depth)
+            elif not rest and os.path.lexists(path) and not os.path.isdir(path):
+                self._check_link(path)
+                if len(self.found) >= MAX_GLOB_MATCHES:
+                    raise PathPolicyError(f"{self.pattern!r} matches more than {MAX_GLOB_MATCHES:,} files; narrow it "
+                                          "or split the source")
+                self.found.add(path)
+
+    def _descend(self, folder: str, parts: tuple[str, ...], depth: int) -> None:
+        if depth >= MAX_GLOB_DEPTH:
+            raise PathPolicyError(f"{self.pattern!r} reaches more than {MAX_GLOB_DEPTH} folders deep; narrow it")
+        self.walk(folder, parts, depth + 1)
+
+    def _entries(self, folder: str, part: str) -> list[os.DirEntry]:
+        if time.monotonic() > self.deadline:
+            raise PathPolicyError(f"expanding {self.pattern!r} took more than {GLOB_SECONDS:g} s; narrow it (a '**' "
+                                  "over a big tree?)")
+        try:
+            with os.scandir(folder) as entries:
+                return [e for e in entries if (part[0] == "." or e.name[0] != ".") and fnmatch.fnmatch(e.name, part)]
+        except OSError:  # not a folder, gone, or unreadable: nothing matches there, as with glob
+            return []
+
+    def _check_link(self, path: str) -> None:
+        if os.path.islink(path) and not in_input_roots(path, self.settings):
+            raise _outside_roots(path, self.settings)
+
+
+def glob_inputs(pattern: str, settings: Settings) -> list[str]:
+    """The files a glob names, sorted (so runs are deterministic), as named below its prefix; [] when none."""
+    prefix, rest = _literal_prefix(pattern, settings)
+    if not rest:
+        return [str(prefix)] if prefix.exists() and not prefix.is_dir() else []
+    walk = _Walk(pattern, settings)
+    walk.walk(str(prefix), rest)
+    return sorted(walk.found)
 
 
 def expand_input_globs(patterns: list[str], settings: Settings) -> list[Path]:
-    """Expand each glob (sorted, so runs are deterministic), check every match against the input roots.
+    """The files the patterns (globs or plain paths) name, resolved; each pattern's in sorted order, each file once.
 
     A pattern that matches nothing is an error naming the pattern: a typo must not silently shrink a dataset.
     """
     files: list[Path] = []
     for pattern in patterns:
-        expanded = os.path.expanduser(pattern)
-        if glob.has_magic(expanded):
-            matches = [m for m in sorted(glob.glob(expanded, recursive=True)) if not os.path.isdir(m)]
+        if glob.has_magic(pattern):
+            matches = list(dict.fromkeys(Path(os.path.realpath(m)) for m in glob_inputs(pattern, settings)))
             if not matches:
                 raise PathPolicyError(f"no file matches {pattern!r}")
         else:
-            if not os.path.exists(expanded):
+            path = check_input_path(pattern, settings)  # before looking, so that no answer tells what exists outside
+            if not path.exists():
                 raise PathPolicyError(f"no such file: {pattern!r}")
-            if os.path.isdir(expanded):
-                raise PathPolicyError(f"{expanded!r} is a directory; give a file or a glob such as '{expanded}/*.jsonl'")
-            matches = [expanded]
-        files.extend(check_input_path(m, settings) for m in matches)
+            if path.is_dir():
+                expanded = os.path.expanduser(pattern)
+                raise PathPolicyError(
+                    f"{expanded!r} is a directory; give a file or a glob such as '{expanded}/*.jsonl'")
+            matches = [path]
+        files.extend(matches)
     return files

@@ -1,14 +1,18 @@
-"""Process trees: start a job process so that none of its descendants can outlive a cancel or its worker.
+"""Child processes, handled in one place: start them, copy their output, make them die with their parent, stop a tree.
+
+Every process the project starts goes through here: the worker's job processes (`spawn` in a session of its own), a
+job's tokenizer and torchrun children (`stream`), the dataloader's tokenizer processes (`die_with_parent` as their
+initializer), the builtin trainer's ranks (`exit_with_parent`) and `serve`'s workers.
 
 A job process runs in its own session (a signal to the worker's group never reaches it by accident) with the job id in
 its environment. Every process it starts, torchrun's ranks included, inherits that environment, and keeps it when it
 is re-parented after its parent died or when it starts a session of its own. So "the processes of job X" are the
 descendants of the job process plus every process whose environment names job X: that set is found again on every
-pass while stopping, so a process forked in between is caught too.
+pass while stopping (`stop_job`: TERM, a grace period, KILL), so a process forked in between is caught too.
 
-On Linux the job process also gets SIGTERM when its worker dies (PR_SET_PDEATHSIG): a SIGKILLed worker does not leave a
-conversion running that would race the worker that resumes it. A worker starting a job first stops whatever an
-earlier attempt on this machine left behind.
+On Linux a child started here gets a signal when its parent dies (PR_SET_PDEATHSIG): a SIGKILLed worker does not leave
+a conversion running that would race the worker that resumes it, and a killed job leaves no trainer. A worker starting
+a job first stops whatever an earlier attempt on this machine left behind.
 """
 
 import ctypes
@@ -16,38 +20,80 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import BinaryIO
 
 import psutil
 
 JOB_ID_ENV = "OPENSEEK_NANOCHAT_JOB_ID"
 
 _PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+# Resolved once, here: after a fork only what is already resolved may run (no lookups, no allocations to speak of).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
-def _child_setup(parent_pid: int, sig: int, nice: int):
-    """preexec_fn for the child: lower its CPU priority, and have it receive `sig` when the thread that started it
-    exits (everything resolved before the fork)."""
-    prctl = _libc.prctl if _libc is not None else None
+# --- dying with the parent -------------------------------------------------------------------------------------------
 
+
+def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:
+    """In a child, first thing: have it receive `sig` when its parent dies (Linux; elsewhere nothing happens).
+
+    The kernel signals when the *thread* that forked the child ends, so start children from a long-lived thread. If
+    the parent died before this took effect, the child signals itself. Works as a Popen preexec_fn (see `spawn`) and
+    as a multiprocessing initializer (`initializer=procs.die_with_parent, initargs=(os.getpid(),)`).
+    """
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, sig)
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), sig)
+
+
+def exit_with_parent(poll_seconds: float = 1.0) -> None:
+    """Exit this process once its parent is gone, watching from a daemon thread.
+
+    For torchrun's ranks: torchrun starts them, so no preexec_fn of ours runs, and PR_SET_PDEATHSIG set by a rank
+    itself would fire as soon as the torchrun thread that forked it ends, which need not be when torchrun ends. A rank
+    whose torchrun died (a killed job, a crashed agent) must not keep training, so it polls.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _child_setup(parent_pid: int, sig: int, nice: int) -> Callable[[], None]:
     def preexec() -> None:
         if nice:
             os.nice(nice)
-        if prctl is not None:
-            prctl(_PR_SET_PDEATHSIG, sig)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os.kill(os.getpid(), sig)
+        die_with_parent(parent_pid, sig)
 
     return preexec
 
 
+# --- starting and streaming ------------------------------------------------------------------------------------------
+
+
 def spawn(
-    argv: list[str], *, env: dict[str, str] | None = None, cwd=None, stdout=None, nice: int = 0
+    argv: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd=None,
+    stdout=None,
+    nice: int = 0,
+    own_session: bool = True,
 ) -> subprocess.Popen:
-    """Start a child (in a session of its own, `nice` steps below this process's CPU priority) that gets SIGTERM if this
-    process dies. Call from a long-lived thread (the main one): Linux signals when the *thread* that forked it ends."""
+    """Start a child that gets SIGTERM if this process dies, `nice` steps below this process's CPU priority, stderr
+    merged into `stdout` (when that is given), and in a session of its own unless `own_session` is False (a job's own
+    children stay in the job's group, so a Ctrl-C on a job run by hand reaches them too).
+
+    Call from a long-lived thread (the main one): Linux signals when the *thread* that forked the child ends.
+    """
     return subprocess.Popen(
         argv,
         env=env,
@@ -55,13 +101,71 @@ def spawn(
         stdin=subprocess.DEVNULL,
         stdout=stdout,
         stderr=subprocess.STDOUT if stdout is not None else None,
-        start_new_session=True,
+        start_new_session=own_session,
         preexec_fn=_child_setup(os.getpid(), signal.SIGTERM, nice),
     )
 
 
 def job_environment(job_id: str) -> dict[str, str]:
     return {**os.environ, JOB_ID_ENV: job_id, "PYTHONUNBUFFERED": "1"}
+
+
+def copy_lines(source: BinaryIO, write: Callable[[bytes], None], on_line: Callable[[str], None] | None = None) -> None:
+    """Copy a child's output line by line as it comes, bytes as they are, to `write`; hand each line to `on_line`
+    (decoded, without its line ending). Returns at the end of the output."""
+    for raw in iter(source.readline, b""):
+        write(raw)
+        if on_line is not None:
+            on_line(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+
+
+def _write_stdout(raw: bytes) -> None:
+    out = sys.stdout
+    if hasattr(out, "buffer"):  # the child's bytes as they are, whatever our stdout's encoding
+        out.flush()  # after our own events and lines, in order
+        out.buffer.write(raw)
+        out.buffer.flush()
+    else:
+        out.write(raw.decode("utf-8", errors="replace"))
+        out.flush()
+
+
+def stream(
+    argv: list[str],
+    *,
+    cwd=None,
+    env: dict[str, str] | None = None,
+    on_line: Callable[[str], None] | None = None,
+    failure: Callable[[str], str | None] | None = None,
+) -> tuple[int, str | None]:
+    """Run a child of this job to its end, its output (stdout and stderr) copied to ours line by line as it comes.
+
+    Each line goes to `on_line`; `failure(line)` says what a line tells of why the child failed, if anything. Returns
+    the exit code and the first such reason (the first failure is the cause; what follows is its consequences). If this
+    process is interrupted meanwhile, the child is terminated before the interruption goes on.
+    """
+    print("$ " + " ".join(argv), flush=True)
+    process = spawn(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, own_session=False)
+    reason: str | None = None
+
+    def read(line: str) -> None:
+        nonlocal reason
+        if reason is None and failure is not None:
+            reason = failure(line)
+        if on_line is not None:
+            on_line(line)
+
+    try:
+        copy_lines(process.stdout, _write_stdout, read)
+        return process.wait(), reason
+    finally:
+        if process.poll() is None:  # interrupted: take the child down with us
+            process.terminate()
+            process.wait()
+        process.stdout.close()
+
+
+# --- stopping a job --------------------------------------------------------------------------------------------------
 
 
 def _alive(process: psutil.Process) -> bool:

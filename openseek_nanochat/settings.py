@@ -25,7 +25,18 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(default=None, description="SQLAlchemy URL (default: SQLite at <data_dir>/jobs.db).")
     lease_seconds: float = Field(default=30.0, gt=0, description="A worker that misses heartbeats this long loses its job.")
-    api_token: str | None = Field(default=None, description="When set, every endpoint but /healthz needs a Bearer token.")
+    api_token: str | None = Field(
+        default=None,
+        description="When set, every endpoint but /healthz, the dashboard and the docs needs a Bearer token.",
+    )
+    bind_host: str = Field(
+        default="127.0.0.1", description="The address the API listens on; `serve --host` sets it. On a loopback "
+        "address only loopback Host names are accepted (DNS rebinding).",
+    )
+    allowed_hosts: str | None = Field(
+        default=None, description="Comma-separated Host names accepted besides localhost, 127.0.0.1 and [::1] ('*': "
+        "any). Unset on a non-loopback bind: any.",
+    )
     nanochat_dir: Path | None = Field(default=None, description="A nanochat checkout for the nanochat training backend.")
     max_attempts: int = Field(default=3, ge=1, description="How often a job whose worker died is retried.")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest accepted request body.")
@@ -37,7 +48,8 @@ class Settings(BaseSettings):
     )
     job_nice: int = Field(
         default=10, ge=0, le=19,
-        description="CPU niceness of job processes: a busy machine still answers API requests at once (0: same as the API).",
+        description="CPU niceness of job processes: a busy machine still answers API requests at once "
+        "(0: same as the API).",
     )
 
     @cached_property

@@ -3,9 +3,18 @@ downloaded by Playwright: `apt-get install chromium` is all it needs)."""
 
 from playwright.sync_api import Browser, Playwright
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--disable-quic", "--no-first-run"]
+from syspackages import CHROMIUM
+
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+]
 
 
 def launch(playwright: Playwright) -> Browser:

@@ -1,7 +1,10 @@
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
+
+import syspackages
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
@@ -31,15 +34,63 @@ def data_dir(tmp_path, monkeypatch) -> Path:
     return d
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """Where CI installed a system package (OPENSEEK_NANOCHAT_TESTS_REQUIRE="postgresql chromium"), a test that
-    skips for want of it fails instead: a skip must never pass for coverage."""
-    outcome = yield
-    report = outcome.get_result()
-    required = os.environ.get("OPENSEEK_NANOCHAT_TESTS_REQUIRE", "").lower().split()
-    if report.skipped and required:
-        reason = str(report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr)
-        if any(name in reason.lower() for name in required):
-            report.outcome = "failed"
-            report.longrepr = f"skipped, but CI installed what it needs: {reason}"
+@pytest.fixture
+def datasets(data_dir) -> Path:
+    """`<data dir>/datasets`: a conversion's output_dir must be a folder inside it."""
+    return data_dir / "datasets"
+
+
+# Tests marked `needs(package)` drive a system package for real (tests/syspackages.py). Where it is missing they
+# skip, unless OPENSEEK_NANOCHAT_TESTS_REQUIRE names it (CI installed it): then they fail, as a skip must never pass
+# for coverage.
+MISSING = set(syspackages.missing())
+REQUIRED = set(os.environ.get("OPENSEEK_NANOCHAT_TESTS_REQUIRE", "").lower().split())
+WANTING: dict[str, str] = {}  # test id -> the missing package it skips for
+SKIPPED: dict[str, list[str]] = {}  # package -> the tests that skipped for want of it
+
+
+def needs(item) -> set[str]:
+    packages = {package for mark in item.iter_markers("needs") for package in mark.args}
+    unknown = packages - syspackages.PACKAGES.keys()
+    assert not unknown, f"{item.nodeid}: tests/syspackages.py knows no package {unknown}"
+    return packages
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselected what will not run
+def pytest_collection_modifyitems(items):
+    for item in items:
+        missing = sorted(needs(item) & MISSING)
+        if missing and not REQUIRED.intersection(missing):  # a required one fails the test in pytest_runtest_setup
+            WANTING[item.nodeid] = missing[0]
+            item.add_marker(pytest.mark.skip(reason=f"needs the system package {missing[0]}"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if missing := needs(item) & MISSING & REQUIRED:
+        pytest.fail(
+            f"needs {' and '.join(sorted(missing))}, which OPENSEEK_NANOCHAT_TESTS_REQUIRE names: "
+            f"{syspackages.install_command(sorted(missing))}",
+            pytrace=False,
+        )
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and report.nodeid in WANTING:
+        SKIPPED.setdefault(WANTING[report.nodeid], []).append(report.nodeid)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # outside the terminal's own summary: this line comes after it
+def pytest_terminal_summary(terminalreporter):
+    """One line: which tests skipped for a missing system package, and the command that installs it."""
+    yield
+    if SKIPPED:
+        files = Counter(nodeid.split("::")[0] for ids in SKIPPED.values() for nodeid in ids)
+        tests = ", ".join(f"{path} ({count})" for path, count in sorted(files.items()))
+        packages = sorted(SKIPPED)
+        terminalreporter.write_line(
+            f"skipped for want of {' and '.join(packages)}: {tests}; to run them: "
+            f"{syspackages.install_command(packages)}",
+            yellow=True,
+            bold=True,
+        )

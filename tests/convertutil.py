@@ -6,8 +6,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from openseek_nanochat.convert.run import convert
-from openseek_nanochat.settings import get_settings
+from openseek_nanochat.convert.shards import list_shards
 from openseek_nanochat.convert.spec import ConvertSpec
+from openseek_nanochat.settings import get_settings
 
 
 def run_spec(spec: dict, **kwargs) -> dict:
@@ -15,7 +16,7 @@ def run_spec(spec: dict, **kwargs) -> dict:
 
 
 def shard_paths(out: Path) -> list[Path]:
-    return sorted(Path(out).glob("shard_*.parquet"))
+    return list_shards(out)
 
 
 def read_docs(out: Path, split: str | None = None) -> list[str]:

@@ -7,7 +7,6 @@
 The server's output goes to `<data dir>/../server-<port>.log`, shown when startup fails.
 """
 
-import glob
 import json
 import os
 import shutil
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import httpx
 import psutil
+
+from syspackages import postgres_bin
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
@@ -168,15 +169,6 @@ def shakespeare_jsonl(path: Path, copies: int) -> Path:
                     f.write(json.dumps({"text": f"[{copy}:{i}] {paragraph}"}) + "\n")
         path.with_suffix(".tmp").rename(path)
     return path
-
-
-def postgres_bin() -> Path | None:
-    """The folder of PostgreSQL's server programs (Debian's postgresql package), or None."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    if found:
-        return Path(found[-1]).parent
-    pg_ctl = shutil.which("pg_ctl")
-    return Path(pg_ctl).parent if pg_ctl else None
 
 
 @contextmanager

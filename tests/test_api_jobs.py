@@ -102,7 +102,7 @@ def test_delete_and_purge(server):
     assert (datasets / "kept" / "manifest.json").is_file() and (datasets / "gone" / "manifest.json").is_file()
 
     deleted = client.delete(f"/jobs/{kept['id']}").json()
-    assert deleted == {"id": kept["id"], "removed": [str(server.data_dir.resolve() / "jobs" / kept["id"])]}
+    assert deleted == {"id": kept["id"], "removed": [str(server.data_dir.resolve() / "jobs" / kept["id"])], "kept": []}
     assert (datasets / "kept" / "manifest.json").is_file()  # outputs stay without purge
 
     deleted = client.delete(f"/jobs/{purged['id']}", params={"purge": "true"}).json()

@@ -2,10 +2,10 @@
 
 import pytest
 
-from serverutil import SHARED_DATA, postgres_bin, start_postgres, start_server, wait_for_state
+from serverutil import SHARED_DATA, start_postgres, start_server, wait_for_state
 
 
-@pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is not installed (Debian: apt-get install postgresql)")
+@pytest.mark.needs("postgresql")
 def test_convert_job_on_postgresql(tmp_path):
     with start_postgres() as url, start_server(tmp_path / "data", workers=2, env={"OPENSEEK_NANOCHAT_DATABASE_URL": url}) as server:
         spec = {"sources": [{"type": "files", "paths": [str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")],

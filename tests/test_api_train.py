@@ -12,6 +12,7 @@ import torch
 
 from openseek_nanochat.train import tokenizer as tok
 from openseek_nanochat.train.builtin import trainer as train
+
 from serverutil import shakespeare_jsonl, start_server, wait_for_state, wait_until
 
 LEASE_SECONDS = 3

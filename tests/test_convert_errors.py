@@ -27,82 +27,82 @@ def write_jsonl(path, records, bad_line_at=None, bad="{not json"):
     return path
 
 
-def test_missing_file_and_empty_glob(data_dir):
+def test_missing_file_and_empty_glob(data_dir, datasets):
     with pytest.raises(PathPolicyError, match=r"no such file: '.*/nope\.jsonl'"):
-        run_spec({"sources": [files(data_dir / "nope.jsonl")], "output_dir": str(data_dir / "o")})
+        run_spec({"sources": [files(data_dir / "nope.jsonl")], "output_dir": str(datasets / "o")})
     with pytest.raises(PathPolicyError, match=r"no file matches '.*/\*\.parquet'"):
-        run_spec({"sources": [files(data_dir / "*.parquet")], "output_dir": str(data_dir / "o")})
-    assert not (data_dir / "o").exists()
+        run_spec({"sources": [files(data_dir / "*.parquet")], "output_dir": str(datasets / "o")})
+    assert not (datasets / "o").exists()
 
 
-def test_paths_outside_the_roots_are_refused(data_dir, tmp_path, monkeypatch):
+def test_paths_outside_the_roots_are_refused(data_dir, tmp_path, monkeypatch, datasets):
     monkeypatch.setenv("OPENSEEK_NANOCHAT_INPUT_ROOTS", str(data_dir))
     outside = write_jsonl(tmp_path / "outside.jsonl", [{"text": "x"}])
     with pytest.raises(PathPolicyError, match="outside the allowed input roots"):
-        run_spec({"sources": [files(outside)], "output_dir": str(data_dir / "o")})
+        run_spec({"sources": [files(outside)], "output_dir": str(datasets / "o")})
     # A symlink inside the roots that points outside does not escape either.
     os.symlink(outside, data_dir / "link.jsonl")
     with pytest.raises(PathPolicyError, match="outside the allowed input roots"):
-        run_spec({"sources": [files(data_dir / "link.jsonl")], "output_dir": str(data_dir / "o")})
+        run_spec({"sources": [files(data_dir / "link.jsonl")], "output_dir": str(datasets / "o")})
     inside = write_jsonl(data_dir / "in.jsonl", [{"text": "x"}])
     with pytest.raises(PathPolicyError, match="outside the data dir"):
         run_spec({"sources": [files(inside)], "output_dir": str(data_dir / ".." / "escape")})
 
 
-def test_malformed_json_line_fails_naming_file_and_line(data_dir):
+def test_malformed_json_line_fails_naming_file_and_line(data_dir, datasets):
     src = write_jsonl(data_dir / "bad.jsonl", [{"text": f"doc {i}"} for i in range(5000)], bad_line_at=4321)
     with pytest.raises(InputError) as e:
-        run_spec({"sources": [files(src)], "output_dir": str(data_dir / "o"), "chars_per_shard": 1000})
+        run_spec({"sources": [files(src)], "output_dir": str(datasets / "o"), "chars_per_shard": 1000})
     assert e.value.where == f"{src}:4321" and "malformed JSON" in e.value.message
-    assert not list((data_dir / "o").glob(".*.tmp"))
+    assert not list((datasets / "o").glob(".*.tmp"))
 
 
-def test_malformed_first_line_is_reported_at_submit(data_dir):
+def test_malformed_first_line_is_reported_at_submit(data_dir, datasets):
     src = write_jsonl(data_dir / "bad.jsonl", [{"text": "a"}], bad_line_at=1)
     with pytest.raises(InputError) as e:
-        run_spec({"sources": [files(src)], "output_dir": str(data_dir / "o")})
+        run_spec({"sources": [files(src)], "output_dir": str(datasets / "o")})
     assert e.value.where == f"{src}:1"
 
 
-def test_skip_policy_drops_and_counts_malformed_lines(data_dir):
+def test_skip_policy_drops_and_counts_malformed_lines(data_dir, datasets):
     records = [{"text": f"doc {i}"} for i in range(3000)]
     src = write_jsonl(data_dir / "bad.jsonl", records, bad_line_at=2500)
-    manifest = run_spec({"sources": [files(src)], "output_dir": str(data_dir / "o"), "on_error": "skip"})
-    assert sorted(read_docs(data_dir / "o")) == sorted(r["text"] for r in records)
+    manifest = run_spec({"sources": [files(src)], "output_dir": str(datasets / "o"), "on_error": "skip"})
+    assert sorted(read_docs(datasets / "o")) == sorted(r["text"] for r in records)
     assert manifest["sources"][0]["skipped"]["malformed"] == 1
     assert manifest["totals"]["skipped"]["malformed"] == 1
 
 
-def test_wrong_column_names_the_columns_that_exist(shared_data, data_dir):
+def test_wrong_column_names_the_columns_that_exist(shared_data, datasets):
     with pytest.raises(InputError, match="text_column is 'text', but the data has no such column; its columns are: "
                                          "'question', 'answer'") as e:
-        run_spec({"sources": [files(shared_data / "jsonl/gsm8k.jsonl")], "output_dir": str(data_dir / "o")})
+        run_spec({"sources": [files(shared_data / "jsonl/gsm8k.jsonl")], "output_dir": str(datasets / "o")})
     assert e.value.where.endswith("gsm8k.jsonl")
     with pytest.raises(InputError, match="text_template uses 'solution'"):
         run_spec({"sources": [files(shared_data / "jsonl/gsm8k.jsonl", text_template="{question} {solution}")],
-                  "output_dir": str(data_dir / "o")})
+                  "output_dir": str(datasets / "o")})
 
 
-def test_empty_result_is_an_error_and_writes_no_shard(data_dir):
+def test_empty_result_is_an_error_and_writes_no_shard(data_dir, datasets):
     src = write_jsonl(data_dir / "empty.jsonl", [{"text": "  "}, {"text": ""}, {"text": None}, {"text": "tiny"}])
     with pytest.raises(InputError, match=r"only 0 document\(s\) after filtering"):
-        run_spec({"sources": [files(src)], "output_dir": str(data_dir / "o"), "min_chars": 10})
-    assert not list((data_dir / "o").glob("*.parquet")) and not list((data_dir / "o").glob(".*.tmp"))
+        run_spec({"sources": [files(src)], "output_dir": str(datasets / "o"), "min_chars": 10})
+    assert not list((datasets / "o").glob("*.parquet")) and not list((datasets / "o").glob(".*.tmp"))
 
 
-def test_unreadable_parquet_and_invalid_utf8_text(data_dir):
+def test_unreadable_parquet_and_invalid_utf8_text(data_dir, datasets):
     (data_dir / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(InputError, match="cannot read as parquet") as e:
-        run_spec({"sources": [files(data_dir / "broken.parquet")], "output_dir": str(data_dir / "o")})
+        run_spec({"sources": [files(data_dir / "broken.parquet")], "output_dir": str(datasets / "o")})
     assert e.value.where == str(data_dir / "broken.parquet")
     (data_dir / "latin1.txt").write_bytes("café".encode("latin-1"))
     with pytest.raises(InputError, match="not valid UTF-8"):
-        run_spec({"sources": [files(data_dir / "latin1.txt")], "output_dir": str(data_dir / "o2")})
+        run_spec({"sources": [files(data_dir / "latin1.txt")], "output_dir": str(datasets / "o2")})
 
 
-def test_changed_spec_or_inputs_are_refused_not_mixed(data_dir):
+def test_changed_spec_or_inputs_are_refused_not_mixed(data_dir, datasets):
     src = write_jsonl(data_dir / "a.jsonl", [{"text": f"document number {i}"} for i in range(300)])
-    spec = {"sources": [files(src)], "output_dir": str(data_dir / "o")}
+    spec = {"sources": [files(src)], "output_dir": str(datasets / "o")}
     run_spec(spec)
     with pytest.raises(InputError, match="holds a conversion of a different spec"):
         run_spec({**spec, "seed": 1})
@@ -125,10 +125,10 @@ def test_spec_validation_messages():
         ConvertSpec.model_validate({"sources": [{"type": "files", "paths": ["a"], "text_template": "{x:>3}"}]})
 
 
-def test_cli_prints_an_error_event_and_exits_nonzero(data_dir, tmp_path):
+def test_cli_prints_an_error_event_and_exits_nonzero(data_dir, tmp_path, datasets):
     src = write_jsonl(data_dir / "bad.jsonl", [{"text": "ok"}] * 10, bad_line_at=7)
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"sources": [files(src)], "output_dir": str(data_dir / "o")}))
+    spec.write_text(json.dumps({"sources": [files(src)], "output_dir": str(datasets / "o")}))
     proc = subprocess.run([sys.executable, "-m", "openseek_nanochat.cli", "convert", str(spec), "--events"],
                           capture_output=True, text=True)
     assert proc.returncode == 1

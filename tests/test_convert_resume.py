@@ -25,7 +25,8 @@ def crash_after(shards: int):
 
 @pytest.fixture
 def mixed_spec(shared_data):
-    # 16 shards; crashing at 15 stops after the last train shard, before the val shard. Two sources, blocks smaller than shards and shards smaller than blocks both occur, a char budget with epochs.
+    # 16 shards; crashing at 15 stops after the last train shard, before the val shard. Two sources, blocks smaller
+    # than shards and shards smaller than blocks both occur, a char budget with epochs.
     return {"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")], "text_template": "{question}\n{answer}"},
                         {"type": "files", "paths": [str(shared_data / "jsonl/cmath.jsonl")], "text_column": "question",
                          "weight": 0.5}],
@@ -33,35 +34,35 @@ def mixed_spec(shared_data):
 
 
 @pytest.mark.parametrize("crash_at", [1, 3, 7, 15])
-def test_resume_after_crash_is_byte_identical(mixed_spec, data_dir, crash_at):
-    clean = run_spec({**mixed_spec, "output_dir": str(data_dir / "clean")})
+def test_resume_after_crash_is_byte_identical(mixed_spec, datasets, crash_at):
+    clean = run_spec({**mixed_spec, "output_dir": str(datasets / "clean")})
     assert len(clean["shards"]) > crash_at
-    out = data_dir / "crashed"
+    out = datasets / "crashed"
     with pytest.raises(Crash):
         run_spec({**mixed_spec, "output_dir": str(out)}, on_progress=crash_after(crash_at))
     partial = json.loads((out / "manifest.json").read_text())
     assert not partial["complete"] and len(partial["shards"]) == crash_at and partial["resume"]["stream_docs"] > 0
     assert not list(out.glob(".*.tmp"))
     resumed = run_spec({**mixed_spec, "output_dir": str(out)})
-    assert shard_bytes(out) == shard_bytes(data_dir / "clean")
+    assert shard_bytes(out) == shard_bytes(datasets / "clean")
     assert resumed["shards"] == clean["shards"] and resumed["sources"] == clean["sources"]
 
 
-def test_resume_with_budget_and_epochs(shared_data, data_dir):
+def test_resume_with_budget_and_epochs(shared_data, datasets):
     spec = {"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/cmath.jsonl")], "text_column": "question"},
                         {"type": "files", "paths": [str(shared_data / "jsonl/math500.jsonl")], "text_column": "problem",
                          "weight": 3}],
             "max_chars": 400_000, "chars_per_shard": 30_000, "row_group_size": 16, "shuffle_buffer": 100, "val_docs": 30}
-    clean = run_spec({**spec, "output_dir": str(data_dir / "clean")})
+    clean = run_spec({**spec, "output_dir": str(datasets / "clean")})
     assert clean["sources"][1]["epochs"] > 1
     with pytest.raises(Crash):
-        run_spec({**spec, "output_dir": str(data_dir / "crashed")}, on_progress=crash_after(5))
-    resumed = run_spec({**spec, "output_dir": str(data_dir / "crashed")})
-    assert shard_bytes(data_dir / "crashed") == shard_bytes(data_dir / "clean")
+        run_spec({**spec, "output_dir": str(datasets / "crashed")}, on_progress=crash_after(5))
+    resumed = run_spec({**spec, "output_dir": str(datasets / "crashed")})
+    assert shard_bytes(datasets / "crashed") == shard_bytes(datasets / "clean")
     assert resumed["sources"] == clean["sources"]
 
 
-def test_sigkill_mid_run_then_rerun_is_byte_identical(shared_data, data_dir, tmp_path):
+def test_sigkill_mid_run_then_rerun_is_byte_identical(shared_data, data_dir, tmp_path, datasets):
     paragraphs = [p for p in (shared_data / "tinyshakespeare.txt").read_text().split("\n\n") if p.strip()]
     big = data_dir / "big.jsonl"
     with open(big, "w") as f:
@@ -70,13 +71,13 @@ def test_sigkill_mid_run_then_rerun_is_byte_identical(shared_data, data_dir, tmp
                 f.write(json.dumps({"text": f"[{copy}:{i}] {p}"}) + "\n")
     spec = {"sources": [{"type": "files", "paths": [str(big)]}], "chars_per_shard": 100_000, "row_group_size": 16,
             "shuffle_buffer": 2000}
-    (tmp_path / "clean.json").write_text(json.dumps({**spec, "output_dir": str(data_dir / "clean")}))
-    (tmp_path / "killed.json").write_text(json.dumps({**spec, "output_dir": str(data_dir / "killed")}))
+    (tmp_path / "clean.json").write_text(json.dumps({**spec, "output_dir": str(datasets / "clean")}))
+    (tmp_path / "killed.json").write_text(json.dumps({**spec, "output_dir": str(datasets / "killed")}))
     command = [sys.executable, "-m", "openseek_nanochat.cli", "convert", "--events"]
     subprocess.run(command + [str(tmp_path / "clean.json")], check=True, capture_output=True)
 
     proc = subprocess.Popen(command + [str(tmp_path / "killed.json")], stdout=subprocess.DEVNULL, env=os.environ)
-    manifest = data_dir / "killed" / "manifest.json"
+    manifest = datasets / "killed" / "manifest.json"
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -90,23 +91,23 @@ def test_sigkill_mid_run_then_rerun_is_byte_identical(shared_data, data_dir, tmp
     partial = json.loads(manifest.read_text())
     assert not partial["complete"], "the conversion finished before it could be killed"
     subprocess.run(command + [str(tmp_path / "killed.json")], check=True, capture_output=True)
-    assert shard_bytes(data_dir / "killed") == shard_bytes(data_dir / "clean")
-    assert not list((data_dir / "killed").glob(".*.tmp"))
+    assert shard_bytes(datasets / "killed") == shard_bytes(datasets / "clean")
+    assert not list((datasets / "killed").glob(".*.tmp"))
 
 
 @pytest.mark.parametrize("streaming", [True, False])
-def test_resume_of_a_local_hf_dataset(shared_data, data_dir, streaming):
+def test_resume_of_a_local_hf_dataset(shared_data, data_dir, streaming, datasets):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     ds_dir = data_dir / "hf"
     ds_dir.mkdir()
-    records = [json.loads(l) for l in (shared_data / "jsonl/gsm8k.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (shared_data / "jsonl/gsm8k.jsonl").read_text().splitlines()]
     pq.write_table(pa.table({"q": [r["question"] for r in records]}), ds_dir / "train.parquet")
     spec = {"sources": [{"type": "hf", "dataset": str(ds_dir), "text_column": "q", "streaming": streaming}],
             "chars_per_shard": 20_000, "row_group_size": 16, "shuffle_buffer": 300, "val_docs": 10}
-    run_spec({**spec, "output_dir": str(data_dir / "clean")})
+    run_spec({**spec, "output_dir": str(datasets / "clean")})
     with pytest.raises(Crash):
-        run_spec({**spec, "output_dir": str(data_dir / "crashed")}, on_progress=crash_after(2))
-    run_spec({**spec, "output_dir": str(data_dir / "crashed")})
-    assert shard_bytes(data_dir / "crashed") == shard_bytes(data_dir / "clean")
+        run_spec({**spec, "output_dir": str(datasets / "crashed")}, on_progress=crash_after(2))
+    run_spec({**spec, "output_dir": str(datasets / "crashed")})
+    assert shard_bytes(datasets / "crashed") == shard_bytes(datasets / "clean")

@@ -8,9 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import SHARED_DATA
 from openseek_nanochat.train import dataloader
 from openseek_nanochat.train import tokenizer as tok
+from openseek_nanochat.train.nanochat import layout
+
+from conftest import SHARED_DATA
 from training_data import shakespeare_docs, write_shards
 
 NANOCHAT_DIR = os.environ.get("NANOCHAT_DIR")
@@ -21,7 +23,7 @@ def base_dir(tmp_path_factory):
     """$NANOCHAT_BASE_DIR with base_data_climbmix/ (4 train shards + val, row groups of 40 docs) and tokenizer/."""
     base = tmp_path_factory.mktemp("nanochat_base")
     docs = shakespeare_docs(SHARED_DATA)
-    write_shards(base / dataloader.DATA_SUBDIR, docs, num_shards=5, row_group_size=40, val_docs=200)
+    write_shards(base / layout.DATA_SUBDIR, docs, num_shards=5, row_group_size=40, val_docs=200)
     tok.save(tok.train_encoding(iter(docs[:600]), 1024), base / "tokenizer")
     return base
 
@@ -93,18 +95,6 @@ def reference_bestfit(tokenizer, B, T, paths, rank=0, world_size=1, resume=None,
             rows.append(row)
         rows = torch.tensor(rows)
         yield rows[:, :-1], rows[:, 1:], {"pq_idx": state[0], "rg_idx": state[1], "epoch": state[2]}
-
-
-def reference_greedy(tokenizer, B, T, paths, batch_size=128):
-    batches = reference_document_batches(paths, 0, 1, None, batch_size)
-    bos = tokenizer.get_bos_token_id()
-    stream = []
-    while True:
-        while len(stream) < B * T + 1:
-            stream.extend(t for doc in tokenizer.encode(next(batches)[0], prepend=bos) for t in doc)
-        window = torch.tensor(stream[:B * T + 1])
-        stream = stream[B * T:]
-        yield window[:-1].view(B, T), window[1:].view(B, T)
 
 
 def take(loader, n):
@@ -222,12 +212,6 @@ def test_exact_state_from_another_rank_falls_back_to_nanochat_resume(nanochat_en
     assert "resuming from the next row group" in capsys.readouterr().err
 
 
-def test_greedy_loader_matches_reference(nanochat_env):
-    tokenizer = tok.get_tokenizer()
-    ours = dataloader.tokenizing_distributed_data_loader(tokenizer, 2, 300, "train", device="cpu")
-    assert_same_batches(take(ours, 30), take(reference_greedy(tokenizer, 2, 300, dataloader.split_paths("train")), 30))
-
-
 def test_shard_discovery(nanochat_env, monkeypatch, tmp_path):
     shards = dataloader.list_parquet_files()
     assert [Path(p).name for p in shards] == [f"shard_{i:05d}.parquet" for i in range(5)]
@@ -261,7 +245,7 @@ def nanochat_loader(nanochat_env, monkeypatch):
     import nanochat.dataset
 
     # nanochat reads its data dir at import; point it at this test's shards
-    monkeypatch.setattr(nanochat.dataset, "DATA_DIR", str(nanochat_env / dataloader.DATA_SUBDIR))
+    monkeypatch.setattr(nanochat.dataset, "DATA_DIR", str(nanochat_env / layout.DATA_SUBDIR))
     return nanochat.dataloader
 
 

@@ -1,4 +1,5 @@
-"""The megatron source: OpenSeek's parts back to their exact texts, prefixes and data_path mixtures, restarts, errors."""
+"""The megatron source: OpenSeek's parts back to their exact texts, prefixes and data_path mixtures, restarts,
+errors."""
 
 import collections
 import json
@@ -166,16 +167,16 @@ def test_fingerprint_lists_both_files_of_every_part_and_the_vocabulary(shared_da
     assert source.fingerprint()[1]["size"] == (folder / "cmath_text_document.bin").stat().st_size
 
 
-def test_conversion_holds_every_openseek_document_once(shared_data, data_dir):
+def test_conversion_holds_every_openseek_document_once(shared_data, datasets):
     tokenizer = {"type": "qwen", "path": str(shared_data / "qwen.tiktoken")}
     manifest = run_spec({"sources": [{"type": "megatron", "prefixes": [str(shared_data / "megatron" / "*")],
-                                      "tokenizer": tokenizer}], "output_dir": str(data_dir / "all")})
+                                      "tokenizer": tokenizer}], "output_dir": str(datasets / "all")})
     everything = [t for p in PARTS for t in expected(shared_data, p)]
-    assert collections.Counter(read_docs(data_dir / "all")) == collections.Counter(everything)
+    assert collections.Counter(read_docs(datasets / "all")) == collections.Counter(everything)
     assert manifest["sources"][0]["stats"]["decode_replacements"] == 0
 
 
-def test_data_path_mixture_under_a_character_budget(shared_data, data_dir):
+def test_data_path_mixture_under_a_character_budget(shared_data, datasets):
     """OpenSeek's blend: 3:1:1 over parts of 1.1M, 364K and 27K characters, with a budget the small ones can't fill."""
     sizes = {p: sum(map(len, expected(shared_data, p))) for p in PARTS}
     budget = 2_000_000
@@ -183,7 +184,7 @@ def test_data_path_mixture_under_a_character_budget(shared_data, data_dir):
                  1, str(shared_data / "megatron" / "math500_text_document"),
                  1, str(shared_data / "megatron" / "cmath_text_document")]
     manifest = run_spec({"sources": [{"type": "megatron", "data_path": data_path, "tokenizer": {
-        "type": "qwen", "path": str(shared_data / "qwen.tiktoken")}}], "output_dir": str(data_dir / "mix"),
+        "type": "qwen", "path": str(shared_data / "qwen.tiktoken")}}], "output_dir": str(datasets / "mix"),
         "max_chars": budget, "chars_per_shard": 400_000, "val_docs": 50})
     summaries = manifest["sources"]
     assert [s["share_chars"] for s in summaries] == pytest.approx([0.6, 0.2, 0.2], abs=0.02)

@@ -15,12 +15,12 @@ def three_sources(shared_data, weights):
     ]
 
 
-def test_char_budget_gives_each_source_its_weight_share(shared_data, data_dir):
+def test_char_budget_gives_each_source_its_weight_share(shared_data, datasets):
     sizes = [sum(len(r[c]) for r in jsonl_records(shared_data / f"jsonl/{n}.jsonl"))
              for n, c in (("gsm8k", "answer"), ("math500", "problem"), ("cmath", "question"))]
     budget = 1_000_000
     assert sizes[1] < budget / 5 and sizes[2] < budget / 5, "the small parts must run out and repeat"
-    manifest = run_spec({"sources": three_sources(shared_data, [3, 1, 1]), "output_dir": str(data_dir / "mix"),
+    manifest = run_spec({"sources": three_sources(shared_data, [3, 1, 1]), "output_dir": str(datasets / "mix"),
                          "max_chars": budget, "chars_per_shard": 200_000, "val_docs": 50})
     shares = [s["share_chars"] for s in manifest["sources"]]
     assert shares == pytest.approx([0.6, 0.2, 0.2], abs=0.02)
@@ -31,18 +31,18 @@ def test_char_budget_gives_each_source_its_weight_share(shared_data, data_dir):
     assert budget <= manifest["totals"]["chars"] < budget + 5_000
 
 
-def test_doc_budget_shares_by_documents(shared_data, data_dir):
-    manifest = run_spec({"sources": three_sources(shared_data, [2, 1, 1]), "output_dir": str(data_dir / "mix"),
+def test_doc_budget_shares_by_documents(shared_data, datasets):
+    manifest = run_spec({"sources": three_sources(shared_data, [2, 1, 1]), "output_dir": str(datasets / "mix"),
                          "max_docs": 4000, "val_docs": 40})
     assert [s["share_docs"] for s in manifest["sources"]] == pytest.approx([0.5, 0.25, 0.25], abs=0.02)
     assert manifest["totals"]["docs"] == 4000
 
 
-def test_without_budget_every_document_once_whatever_the_weights(shared_data, data_dir):
-    manifest = run_spec({"sources": three_sources(shared_data, [10, 1, 0.1]), "output_dir": str(data_dir / "all"),
+def test_without_budget_every_document_once_whatever_the_weights(shared_data, datasets):
+    manifest = run_spec({"sources": three_sources(shared_data, [10, 1, 0.1]), "output_dir": str(datasets / "all"),
                          "shuffle_buffer": 500})
     expected = [r["answer"] for r in jsonl_records(shared_data / "jsonl/gsm8k.jsonl")] + \
                [r["problem"] for r in jsonl_records(shared_data / "jsonl/math500.jsonl")] + \
                [r["question"] for r in jsonl_records(shared_data / "jsonl/cmath.jsonl")]
-    assert collections.Counter(read_docs(data_dir / "all")) == collections.Counter(expected)
+    assert collections.Counter(read_docs(datasets / "all")) == collections.Counter(expected)
     assert [s["epochs"] for s in manifest["sources"]] == [1, 1, 1]

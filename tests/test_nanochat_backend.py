@@ -15,12 +15,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from openseek_nanochat.train.nanochat import backend as nb
-from openseek_nanochat.train import tokenizer as tok
+import openseek_nanochat
 from openseek_nanochat.errors import InputError
 from openseek_nanochat.events import parse as parse_event
 from openseek_nanochat.settings import Settings
+from openseek_nanochat.train import tokenizer as tok
+from openseek_nanochat.train.nanochat import preflight
+from openseek_nanochat.train.nanochat.command import (
+    BASE_TRAIN,
+    SPEC_FLAGS,
+    base_train_args,
+    job_environment,
+    torchrun_command,
+)
+from openseek_nanochat.train.nanochat.output import FAILURE_LINE, OutputParser
+from openseek_nanochat.train.nanochat.run import ensure_tokenizer, train_nanochat_tokenizer
+from openseek_nanochat.train.nanochat.rundir import last_complete_step, link_shards, tokenizer_ready
 from openseek_nanochat.train.spec import TrainSpec
+
 from serverutil import SHARED_DATA
 from training_data import shakespeare_docs, write_shards
 
@@ -40,7 +52,7 @@ def test_spec_fields_become_base_train_flags():
     spec = nanochat_spec(depth=12, max_seq_len=1024, device_batch_size=16, nproc_per_node=1, total_batch_size=65536,
                          matrix_lr=0.03, weight_decay=0.1, eval_every=100, eval_tokens=1 << 20, save_every=50,
                          device="cuda")
-    command = nb.torchrun_command(spec)
+    command = torchrun_command(spec)
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert command[3:8] == ["--standalone", "--nproc_per_node=1", "-m", "scripts.base_train", "--"]
     flags = flag_values(command[command.index("--") + 1:])
@@ -52,7 +64,7 @@ def test_spec_fields_become_base_train_flags():
 
 
 def test_defaults_are_offline_and_name_the_checkpoint_dir():
-    flags = flag_values(nb.base_train_args(nanochat_spec(depth=6)))
+    flags = flag_values(base_train_args(nanochat_spec(depth=6)))
     assert flags["--run"] == "dummy"  # base_train's "no wandb"
     assert flags["--core-metric-every"] == "-1"  # the CORE metric would download its eval bundle
     assert flags["--model-tag"] == "d6"
@@ -64,34 +76,34 @@ def test_defaults_are_offline_and_name_the_checkpoint_dir():
 
 def test_spec_semantics_that_differ_from_nanochat_are_translated():
     # the spec's eval_every -1 is "only at the end"; nanochat's -1 would never evaluate
-    assert flag_values(nb.base_train_args(nanochat_spec(eval_every=-1, num_iterations=30)))["--eval-every"] == "30"
-    flags = flag_values(nb.base_train_args(nanochat_spec(run="exp1", model_tag="mine")))
+    assert flag_values(base_train_args(nanochat_spec(eval_every=-1, num_iterations=30)))["--eval-every"] == "30"
+    flags = flag_values(base_train_args(nanochat_spec(run="exp1", model_tag="mine")))
     assert flags["--run"] == "exp1" and flags["--model-tag"] == "mine"
 
 
 def test_extra_args_come_last_and_replace_offline_defaults():
     spec = nanochat_spec(extra_args=["--core-metric-every=500", "--window-pattern", "L", "--fp8"])
-    args = nb.base_train_args(spec, resume_step=40)
+    args = base_train_args(spec, resume_step=40)
     assert args[-4:] == ["--core-metric-every=500", "--window-pattern", "L", "--fp8"]
     assert "--core-metric-every=-1" not in args
     assert "--resume-from-step=40" in args
 
 
 def test_openseek_loader_runs_the_launcher():
-    command = nb.torchrun_command(nanochat_spec(loader="openseek", nproc_per_node=8))
+    command = torchrun_command(nanochat_spec(loader="openseek", nproc_per_node=8))
     assert command[command.index("-m", 3) + 1] == "openseek_nanochat.train.nanochat.launcher"
     assert "--nproc_per_node=8" in command
 
 
 def test_environment_points_nanochat_at_the_run_dir(tmp_path):
-    env = nb.job_environment(nanochat_spec(device="cpu"), tmp_path)
+    env = job_environment(nanochat_spec(device="cpu"), tmp_path)
     assert env["NANOCHAT_BASE_DIR"] == str(tmp_path) and env["WANDB_DIR"] == str(tmp_path)
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
     assert env["TORCHDYNAMO_DISABLE"] == "1"  # compile "auto" is off on CPU
-    assert "TORCHDYNAMO_DISABLE" not in nb.job_environment(nanochat_spec(device="cpu", compile="on"), tmp_path)
-    assert nb.job_environment(nanochat_spec(device="cuda", compile="off"), tmp_path)["TORCHDYNAMO_DISABLE"] == "1"
-    package_root = str(Path(nb.__file__).resolve().parents[1])
-    python_path = nb.job_environment(nanochat_spec(loader="openseek"), tmp_path)["PYTHONPATH"]
+    assert "TORCHDYNAMO_DISABLE" not in job_environment(nanochat_spec(device="cpu", compile="on"), tmp_path)
+    assert job_environment(nanochat_spec(device="cuda", compile="off"), tmp_path)["TORCHDYNAMO_DISABLE"] == "1"
+    package_root = str(Path(openseek_nanochat.__file__).resolve().parents[1])
+    python_path = job_environment(nanochat_spec(loader="openseek"), tmp_path)["PYTHONPATH"]
     assert package_root in python_path.split(os.pathsep)
 
 
@@ -139,7 +151,7 @@ Step 00004 | Validation bpb: 4.055746
 """
 
 
-def parse_output(text: str, parser: nb.OutputParser) -> tuple[list[dict], list[str]]:
+def parse_output(text: str, parser: OutputParser) -> tuple[list[dict], list[str]]:
     records, moves = [], []
     for line in text.splitlines():
         moves.append(parser.feed(line))
@@ -148,7 +160,7 @@ def parse_output(text: str, parser: nb.OutputParser) -> tuple[list[dict], list[s
 
 
 def test_parser_makes_one_record_per_done_step():
-    parser = nb.OutputParser(matrix_lr=0.02, num_iterations=4)
+    parser = OutputParser(matrix_lr=0.02, num_iterations=4)
     records, moves = parse_output(CPU_OUTPUT, parser)
     assert moves == ["val", "step", "step", "val", "step", "step", "val", "done"]
     assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
@@ -170,17 +182,17 @@ def test_parser_makes_one_record_per_done_step():
 
 
 def test_parser_reads_mfu_eta_and_thousands_on_a_gpu():
-    records, _ = parse_output(GPU_OUTPUT, nb.OutputParser(matrix_lr=0.02))
+    records, _ = parse_output(GPU_OUTPUT, OutputParser(matrix_lr=0.02))
     (record,) = records
     assert record["step"] == 12 and record["mfu"] == 45.12 and record["tok_per_sec"] == 1_048_064
     assert math.isclose(record["lr"], 0.02 * 0.7071)
-    parser = nb.OutputParser(matrix_lr=0.02)
+    parser = OutputParser(matrix_lr=0.02)
     parse_output(GPU_OUTPUT, parser)
     assert parser.progress()["eta_s"] == pytest.approx(24.0) and parser.progress()["fraction"] == 0.12
 
 
 def test_parser_does_not_redo_the_resumed_step():
-    parser = nb.OutputParser(matrix_lr=0.02, num_iterations=4, resume_step=2)
+    parser = OutputParser(matrix_lr=0.02, num_iterations=4, resume_step=2)
     records, _ = parse_output(RESUMED_OUTPUT, parser)
     # the step-2 record (with its loss) was made by the run that wrote the checkpoint; a new one would replace it
     assert [r["step"] for r in records] == [3, 4]
@@ -188,7 +200,7 @@ def test_parser_does_not_redo_the_resumed_step():
 
 
 def test_parser_ignores_everything_else():
-    parser = nb.OutputParser(matrix_lr=0.02)
+    parser = OutputParser(matrix_lr=0.02)
     for line in ["", "step 1 of the plan", "Step 00003 | CORE metric: 0.1234", "The capital of France is Paris",
                  "step 00001/00004 (25.00%) | loss: ??? | lrm: 1.00", "step 00001/00004 (25.00%) | only: this"]:
         assert parser.feed(line) is None
@@ -197,7 +209,7 @@ def test_parser_ignores_everything_else():
 
 def test_a_diverged_loss_is_recorded_as_no_value():
     # JSON has no NaN: the record must stay servable
-    records, _ = parse_output(CPU_OUTPUT.replace("loss: 6.238940", "loss: nan"), nb.OutputParser(matrix_lr=0.02))
+    records, _ = parse_output(CPU_OUTPUT.replace("loss: 6.238940", "loss: nan"), OutputParser(matrix_lr=0.02))
     assert [r["loss"] for r in records if r["step"] == 2] == [None]
     json.dumps(records, allow_nan=False)
 
@@ -209,7 +221,7 @@ def test_a_diverged_loss_is_recorded_as_no_value():
     ("WARNING: Training will be less efficient without FA3", False),
 ])
 def test_failure_lines(line, reason):
-    assert bool(nb.FAILURE_LINE.fullmatch(line)) is reason
+    assert bool(FAILURE_LINE.fullmatch(line)) is reason
 
 
 # --- the run dir -----------------------------------------------------------------------------------------------------
@@ -242,14 +254,14 @@ def test_run_dir_links_every_shard_with_validation_last(shards, tmp_path):
     (dataset / "manifest.json").write_text("{}")
     (dataset / ".shard_00003.parquet").write_bytes(b"half a shard")  # a conversion's temp file
     run_dir = tmp_path / "run"
-    nb.link_shards(dataset, run_dir)
+    link_shards(dataset, run_dir)
     found = nanochat_listing(run_dir)
     assert [p.name for p in found] == ["shard_00000.parquet", "shard_00001.parquet", "shard_00002.parquet"]
     assert all(p.is_symlink() for p in found)
     assert found[-1].resolve() == (dataset / "shard_00002.parquet").resolve()  # the validation shard
     # again, after the dataset lost a shard: no stale link stays behind
     (dataset / "shard_00001.parquet").unlink()
-    nb.link_shards(dataset, run_dir)
+    link_shards(dataset, run_dir)
     assert [p.name for p in nanochat_listing(run_dir)] == ["shard_00000.parquet", "shard_00002.parquet"]
 
 
@@ -257,12 +269,12 @@ def test_one_shard_is_not_enough(shards, tmp_path):
     (tmp_path / "one").mkdir()
     (tmp_path / "one" / "shard_00000.parquet").write_bytes((shards / "shard_00000.parquet").read_bytes())
     with pytest.raises(InputError, match="validation shard"):
-        nb.link_shards(tmp_path / "one", tmp_path / "run")
+        link_shards(tmp_path / "one", tmp_path / "run")
 
 
 def test_reused_tokenizer_is_linked_where_nanochat_reads_it(tokenizer_dir, tmp_path):
     spec = nanochat_spec(tokenizer={"path": str(tokenizer_dir)})
-    assert nb.ensure_tokenizer(spec, tmp_path, emit=lambda *a, **k: None) == tokenizer_dir
+    assert ensure_tokenizer(spec, tmp_path, emit=lambda *a, **k: None) == tokenizer_dir
     assert (tmp_path / "tokenizer" / "tokenizer.pkl").resolve() == (tokenizer_dir / "tokenizer.pkl").resolve()
     assert tok.load(tmp_path / "tokenizer").get_vocab_size() == 512
 
@@ -270,17 +282,17 @@ def test_reused_tokenizer_is_linked_where_nanochat_reads_it(tokenizer_dir, tmp_p
 def test_tokenizer_is_trained_into_the_run_dir_once(shards, tmp_path):
     spec = nanochat_spec(dataset=str(shards), tokenizer={"vocab_size": 300, "max_chars": 50_000})
     emitted = []
-    assert nb.ensure_tokenizer(spec, tmp_path, emit=lambda *a, **k: emitted.append(a)) == tmp_path / "tokenizer"
+    assert ensure_tokenizer(spec, tmp_path, emit=lambda *a, **k: emitted.append(a)) == tmp_path / "tokenizer"
     assert tok.load(tmp_path / "tokenizer").get_vocab_size() == 300 and emitted == [("progress",)]
     emitted.clear()
-    nb.ensure_tokenizer(spec, tmp_path, emit=lambda *a, **k: emitted.append(a))
+    ensure_tokenizer(spec, tmp_path, emit=lambda *a, **k: emitted.append(a))
     assert emitted == []  # a second attempt finds it
 
 
 def test_a_vocab_the_data_cannot_reach_is_an_input_error(shards, tmp_path):
     spec = nanochat_spec(dataset=str(shards), tokenizer={"vocab_size": 200_000, "max_chars": 2_000})
     with pytest.raises(InputError) as e:
-        nb.ensure_tokenizer(spec, tmp_path, emit=lambda *a, **k: None)
+        ensure_tokenizer(spec, tmp_path, emit=lambda *a, **k: None)
     assert e.value.where == "tokenizer"
 
 
@@ -293,26 +305,26 @@ def write_checkpoint(folder: Path, step: int, ranks: int, meta: str | None = Non
 
 
 def test_resume_picks_the_last_whole_checkpoint(tmp_path):
-    assert nb.last_complete_step(tmp_path / "none", 1) is None
+    assert last_complete_step(tmp_path / "none", 1) is None
     write_checkpoint(tmp_path, 10, ranks=2)
     write_checkpoint(tmp_path, 20, ranks=1)  # rank 1 had not written its optimizer state
-    assert nb.last_complete_step(tmp_path, 2) == 10
+    assert last_complete_step(tmp_path, 2) == 10
     write_checkpoint(tmp_path, 30, ranks=2)
     model = tmp_path / "model_000030.pt"
     model.write_bytes(model.read_bytes()[:100])  # killed while saving
     assert not zipfile.is_zipfile(model)
-    assert nb.last_complete_step(tmp_path, 2) == 10
+    assert last_complete_step(tmp_path, 2) == 10
     write_checkpoint(tmp_path, 40, ranks=2, meta='{"step": 4')
-    assert nb.last_complete_step(tmp_path, 2) == 10
+    assert last_complete_step(tmp_path, 2) == 10
     write_checkpoint(tmp_path, 50, ranks=2)
-    assert nb.last_complete_step(tmp_path, 2) == 50
+    assert last_complete_step(tmp_path, 2) == 50
 
 
 # --- preflight -------------------------------------------------------------------------------------------------------
 
 def fake_checkout(root: Path, imports: str = "import pyarrow\n", drop_flags: tuple = ()) -> Path:
     """Just enough of a nanochat checkout for the preflight: base_train's imports and flags."""
-    flags = [f for f in (*nb.SPEC_FLAGS, "--resume-from-step", "--core-metric-every", "--window-pattern", "--fp8")
+    flags = [f for f in (*SPEC_FLAGS, "--resume-from-step", "--core-metric-every", "--window-pattern", "--fp8")
              if f not in drop_flags]
     (root / "scripts").mkdir(parents=True)
     (root / "nanochat").mkdir()
@@ -332,13 +344,13 @@ def settings_for(tmp_path: Path, nanochat_dir: Path | None = None) -> Settings:
 
 def preflight_error(spec: TrainSpec, settings: Settings) -> InputError:
     with pytest.raises(InputError) as e:
-        nb.prepare(spec, settings)
+        preflight.prepare(spec, settings)
     return e.value
 
 
 def test_preflight_resolves_the_servers_checkout(tmp_path):
     checkout = fake_checkout(tmp_path / "nanochat")
-    prepared = nb.prepare(nanochat_spec(device="cpu"), settings_for(tmp_path, checkout))
+    prepared = preflight.prepare(nanochat_spec(device="cpu"), settings_for(tmp_path, checkout))
     assert prepared.nanochat_dir == str(checkout.resolve())
 
 
@@ -368,7 +380,7 @@ def test_preflight_names_missing_modules_and_the_extra(tmp_path):
 def test_needed_modules_follow_the_checkouts_own_imports(tmp_path):
     checkout = fake_checkout(tmp_path / "nanochat", imports="import yaml\nfrom pyarrow import parquet\n")
     # tiktoken comes through nanochat.common; kernels is imported inside a function (optional); os is stdlib
-    assert nb.third_party_imports(checkout, [nb.BASE_TRAIN]) == ["pyarrow", "tiktoken", "yaml"]
+    assert preflight.third_party_imports(checkout, [BASE_TRAIN]) == ["pyarrow", "tiktoken", "yaml"]
 
 
 @pytest.mark.parametrize("extra_args, message", [
@@ -387,7 +399,7 @@ def test_extra_args_are_checked_against_base_train(tmp_path, extra_args, message
 def test_extra_args_that_base_train_knows_pass(tmp_path):
     checkout = fake_checkout(tmp_path / "nanochat")
     spec = nanochat_spec(extra_args=["--window-pattern", "L", "--core-metric-every", "-1", "--fp8"])
-    assert nb.prepare(spec, settings_for(tmp_path, checkout)).extra_args == spec.extra_args
+    assert preflight.prepare(spec, settings_for(tmp_path, checkout)).extra_args == spec.extra_args
 
 
 def test_an_old_checkout_without_a_spec_flag_is_refused(tmp_path):
@@ -500,9 +512,9 @@ def test_openseek_loader_gives_nanochats_first_loss(checkout, shards, tokenizer_
 
 @needs_nanochat
 def test_nanochats_own_tokenizer_training(checkout, shards, tmp_path):
-    nb.link_shards(shards, tmp_path)
-    nb.train_nanochat_tokenizer(checkout, tmp_path, vocab_size=300, max_chars=50_000, doc_cap=10_000)
-    assert nb.tokenizer_ready(tmp_path / "tokenizer")
+    link_shards(shards, tmp_path)
+    train_nanochat_tokenizer(checkout, tmp_path, vocab_size=300, max_chars=50_000, doc_cap=10_000)
+    assert tokenizer_ready(tmp_path / "tokenizer")
     assert tok.load(tmp_path / "tokenizer").get_vocab_size() == 300  # nanochat's files, read the nanochat way
 
 

@@ -9,8 +9,9 @@ import pytest
 import tiktoken
 import torch
 
-from conftest import SHARED_DATA
 from openseek_nanochat.train import tokenizer as tok
+
+from conftest import SHARED_DATA
 from training_data import shakespeare_docs, write_shards
 
 NANOCHAT_DIR = os.environ.get("NANOCHAT_DIR")

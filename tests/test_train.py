@@ -15,15 +15,15 @@ import torch
 from pydantic import ValidationError
 
 from openseek_nanochat import events
-
-from openseek_nanochat.train.builtin import trainer as train
-
-from openseek_nanochat.train import job as train_job
-from openseek_nanochat.train import tokenizer as tok
 from openseek_nanochat.errors import InputError
-from openseek_nanochat.train.builtin.model import GPT, GPTConfig, Muon, config_for_depth, orthogonalize
 from openseek_nanochat.settings import get_settings
+from openseek_nanochat.train import tokenizer as tok
+from openseek_nanochat.train.builtin import trainer as train
+from openseek_nanochat.train.builtin.model import GPT, GPTConfig, config_for_depth
+from openseek_nanochat.train.builtin.optim import Muon, orthogonalize
+from openseek_nanochat.train.job import prepare, run_dir_for
 from openseek_nanochat.train.spec import TrainSpec
+
 from training_data import shakespeare_docs, write_shards
 
 # --- the model and the optimizer ---
@@ -134,15 +134,15 @@ def shards(data_dir, shared_data):
 
 def test_prepare_resolves_datasets_and_refuses_bad_ones(shards, data_dir, tmp_path, monkeypatch):
     settings = get_settings()
-    by_id = train_job.prepare(TrainSpec(dataset="conv1", **SMALL), settings)
+    by_id = prepare(TrainSpec(dataset="conv1", **SMALL), settings)
     assert by_id.dataset == str(shards)
-    assert train_job.prepare(TrainSpec(dataset=str(shards), **SMALL), settings).dataset == str(shards)
-    looked_up = train_job.prepare(TrainSpec(dataset="job-7", **SMALL), settings, lookup={"job-7": str(shards)}.get)
+    assert prepare(TrainSpec(dataset=str(shards), **SMALL), settings).dataset == str(shards)
+    looked_up = prepare(TrainSpec(dataset="job-7", **SMALL), settings, lookup={"job-7": str(shards)}.get)
     assert looked_up.dataset == str(shards)
 
     def refused(match, where=None, **fields):
         with pytest.raises(InputError, match=match) as e:
-            train_job.prepare(TrainSpec(**{**SMALL, "dataset": str(shards), **fields}), settings)
+            prepare(TrainSpec(**{**SMALL, "dataset": str(shards), **fields}), settings)
         assert e.value.where == where
 
     refused("unknown dataset 'nope'", "dataset", dataset="nope")
@@ -156,11 +156,11 @@ def test_prepare_resolves_datasets_and_refuses_bad_ones(shards, data_dir, tmp_pa
     (lonely / "shard_00000.parquet").write_bytes((shards / "shard_00000.parquet").read_bytes())
     refused("has 1 parquet shard", "dataset", dataset=str(lonely))
 
-    run_dir = train_job.run_dir_for(by_id, settings, job_id="j1")
+    run_dir = run_dir_for(by_id, settings, job_id="j1")
     run_dir.mkdir(parents=True)
     (run_dir / "spec.json").write_text(json.dumps({"dataset": "something else"}))
     with pytest.raises(InputError, match="holds a run of a different spec"):
-        train_job.prepare(TrainSpec(dataset="conv1", **SMALL), settings, job_id="j1")
+        prepare(TrainSpec(dataset="conv1", **SMALL), settings, job_id="j1")
 
 
 def test_cli_reports_bad_input_as_an_error_event(data_dir, tmp_path):

@@ -14,18 +14,16 @@ from app.jobs import store
 from app.jobs.db import make_engine, writing
 from app.jobs.migrate import upgrade
 from app.jobs.models import Job, JobState, new_job_id, utcnow
-from serverutil import postgres_bin, start_postgres
+from serverutil import start_postgres
 
 
 @pytest.fixture(scope="module")
 def postgres_url():
-    if postgres_bin() is None:
-        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
     with start_postgres() as url:
         yield url
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.needs("postgresql"))])
 def engine(request, tmp_path):
     url = f"sqlite:///{tmp_path / 'jobs.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     engine = make_engine(url)

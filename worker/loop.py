@@ -16,12 +16,11 @@ import time
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.jobs import files as jobfiles
+from openseek_nanochat.settings import Settings
 
 from app.jobs import queue
 from app.jobs.db import make_engine
 from app.jobs.migrate import check_schema
-from openseek_nanochat.settings import Settings
 
 from worker import runner
 
@@ -80,5 +79,5 @@ class Worker:
         if not queue.work_waiting(self.engine):
             return None
         expired = queue.expire_leases(self.engine, self.settings.max_attempts)
-        queue.note_expired(expired, jobfiles.jobs_root(self.settings), self.settings.max_attempts)
+        queue.note_expired(expired, self.settings)
         return queue.claim(self.engine, self.id, self.settings.lease_seconds)

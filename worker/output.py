@@ -1,5 +1,5 @@
-"""A job process's output, read on a thread: every line goes to the job's log, event lines also into what the worker
-reports (latest progress, result, error) and metric events into the job's metrics file."""
+"""A job process's output, read on a thread (procs.copy_lines): every line goes to the job's log, event lines also into
+what the worker reports (latest progress, result, error) and metric events into the job's metrics file."""
 
 import json
 import threading
@@ -7,7 +7,7 @@ from collections import deque
 from pathlib import Path
 from typing import BinaryIO
 
-from openseek_nanochat import events
+from openseek_nanochat import events, procs
 
 
 class JobOutput:
@@ -48,16 +48,16 @@ class JobOutput:
                 self._log.flush()
 
     def _read(self) -> None:
-        for raw in iter(self._stream.readline, b""):
-            self._write(raw)
-            line = raw.decode("utf-8", errors="replace")
-            event = events.parse(line)
-            if event is None:
-                if line.strip():
-                    self.tail.append(line.rstrip())
-            else:
-                self._fold(event)
+        procs.copy_lines(self._stream, self._write, self._take)
         self._stream.close()
+
+    def _take(self, line: str) -> None:
+        event = events.parse(line)
+        if event is None:
+            if line.strip():
+                self.tail.append(line.rstrip())
+        else:
+            self._fold(event)
 
     def _fold(self, event: dict) -> None:
         kind = event.pop("type")

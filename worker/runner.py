@@ -1,8 +1,9 @@
 """Running one claimed job: start its process, heartbeat while it runs, stop it when asked, record how it ended.
 
-The job process is the unit of work; this module only supervises it. Each tick (settings.poll_seconds) it extends the
-lease, stores the latest progress, and learns the job's state: `cancelling` means stop the job, no row means the lease
-was lost (the job was requeued and may already run elsewhere), so stop it and touch the job no more.
+The job process is the unit of work; this module only supervises it (procs.py starts it and stops its tree). Each
+tick (settings.poll_seconds) it extends the lease, stores the latest progress, and learns the job's state:
+`cancelling` means stop the job, no row means the lease was lost (the job was requeued and may already run
+elsewhere), so stop it and touch the job no more.
 """
 
 import logging
@@ -15,14 +16,14 @@ from enum import Enum
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.jobs import files as jobfiles
+from openseek_nanochat import procs
+from openseek_nanochat.settings import Settings
 
+from app.jobs import files as jobfiles
 from app.jobs import queue
 from app.jobs.kinds import KINDS
 from app.jobs.models import JobState
-from openseek_nanochat.settings import Settings
 
-from openseek_nanochat import procs as processes
 from worker.output import JobOutput
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,15 @@ def run(claim: queue.Claim, settings: Settings, engine: Engine, stopping: thread
     try:
         kind = KINDS.get(claim.kind)
         if kind is None:
-            queue.finish(engine, claim, JobState.failed, error={"message": f"this worker cannot run {claim.kind!r} jobs"})
+            error = {"message": f"this worker cannot run {claim.kind!r} jobs"}
+            queue.finish(engine, claim, JobState.failed, error=error)
             return
-        leftovers = processes.stop_job(claim.job_id, grace=settings.kill_grace_seconds)
+        leftovers = procs.stop_job(claim.job_id, grace=settings.kill_grace_seconds)
         try:
             argv = kind.command(jobfiles.write_spec(folder, claim.spec))
-            process = processes.spawn(
+            process = procs.spawn(
                 argv,
-                env=processes.job_environment(claim.job_id),
+                env=procs.job_environment(claim.job_id),
                 cwd=folder,
                 stdout=subprocess.PIPE,
                 nice=settings.job_nice,
@@ -64,7 +66,7 @@ def run(claim: queue.Claim, settings: Settings, engine: Engine, stopping: thread
         output.start()
         ending = _supervise(process, output, claim, settings, engine, stopping)
         if ending is not Ending.exited:
-            stopped = processes.stop_job(claim.job_id, process, grace=settings.kill_grace_seconds)
+            stopped = procs.stop_job(claim.job_id, process, grace=settings.kill_grace_seconds)
             output.note(f"[worker {claim.worker_id}] {ending.value}: stopped {stopped} processes of the job")
         process.wait()
         output.join(timeout=10)

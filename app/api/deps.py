@@ -1,9 +1,10 @@
-"""Request dependencies: the settings and database of the app, and the bearer-token check."""
+"""Request dependencies: the settings and database of the app, the bearer-token check, and the job id parameter."""
 
 import secrets
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 
@@ -24,6 +25,7 @@ async def get_engine(request: Request) -> Engine:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
+JobId = Annotated[str, PathParam(max_length=64, description="The job's id, as returned on submit.")]
 
 _bearer = HTTPBearer(
     auto_error=False, description="Needed when the server has OPENSEEK_NANOCHAT_API_TOKEN set: the same token."

@@ -4,10 +4,11 @@
 error, with `loc` pointing into the request body when the error names a field.
 """
 
+import math
 import re
+import sys
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
@@ -15,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 from openseek_nanochat.errors import InputError
 from openseek_nanochat.paths import PathPolicyError
 
+from app.jobs.service import Rejected
 from app.jobs.store import Conflict, NotFound
 
 _FIELD_PATH = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[\d+\])*$")
@@ -33,7 +35,7 @@ def spec_error(error: Exception) -> RequestValidationError:
     if isinstance(error, InputError):
         kind, message, where = "input_error", error.message, error.where
     elif isinstance(error, PathPolicyError):
-        kind, message, where = "path_policy", str(error), None
+        kind, message, where = "path_policy", str(error), error.where
     else:
         kind, message, where = "invalid_spec", str(error) or type(error).__name__, None
     loc = where_to_loc(where)
@@ -41,6 +43,38 @@ def spec_error(error: Exception) -> RequestValidationError:
         loc = ["body"]
         message = f"{where}: {message}" if where else message
     return RequestValidationError([{"type": kind, "loc": loc, "msg": message}])
+
+
+# How deep an echoed input is shown; deeper parts become "...". The echo only helps to find the field.
+_ECHO_DEPTH = 32
+
+
+def _jsonable(value, depth: int = 0):
+    """`value` in a form JSON can carry, whatever the client sent: pydantic echoes the bad input in each error, and
+    that may be infinity or NaN, an integer too long to print, bytes that are not UTF-8 or something nested deeper
+    than the encoder recurses."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        limit = sys.get_int_max_str_digits()
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        return value if not limit or digits < limit else f"<an integer of about {digits} digits>"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value).replace("inf", "Infinity").replace("nan", "NaN")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", errors="replace")
+    if depth >= _ECHO_DEPTH and isinstance(value, (dict, list, tuple)):
+        return "..."
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item, depth + 1) for item in value]
+    return str(value)
+
+
+def unprocessable(error: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, with every echoed input made encodable (its own handler answers 500 for `"seed": 1e400`)."""
+    return JSONResponse({"detail": _jsonable(list(error.errors()))}, status_code=422)
 
 
 def install(app: FastAPI) -> None:
@@ -51,7 +85,11 @@ def install(app: FastAPI) -> None:
                 position = item["loc"][-1] if len(item.get("loc", ())) > 1 else "?"
                 reason = (item.get("ctx") or {}).get("error", "")
                 item["msg"] = f"malformed JSON at character {position}: {reason}".rstrip(": ")
-        return await request_validation_exception_handler(request, error)
+        return unprocessable(error)
+
+    @app.exception_handler(Rejected)
+    async def rejected(request: Request, error: Rejected) -> JSONResponse:
+        return unprocessable(spec_error(error.error))
 
     @app.exception_handler(NotFound)
     async def not_found(_request: Request, error: NotFound) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""What the HTTP API returns. The tables (app/models.py) stay private; these shapes are the contract."""
+"""What the HTTP API returns. The tables (app/jobs/models.py) stay private; these shapes are the contract."""
 
 from datetime import datetime
 from typing import Any
@@ -82,9 +82,19 @@ class JobList(BaseModel):
     offset: int
 
 
+class Kept(BaseModel):
+    path: str
+    reason: str = Field(description="Why the purge left it: e.g. its manifest names another job as owner.")
+
+
 class Deleted(BaseModel):
     id: str
     removed: list[str] = Field(description="Folders removed along with the job.")
+    kept: list[Kept] = Field(
+        default_factory=list,
+        description="Outputs a purge left in place because the job does not own them (a dataset is owned by the job "
+        "its manifest names; a train run dir by its job).",
+    )
 
 
 class LogChunk(BaseModel):

@@ -3,7 +3,7 @@
 SQLite serves one machine: WAL lets readers (the API) run while a writer commits, the busy timeout makes writers queue
 instead of failing, and every transaction that writes starts with BEGIN IMMEDIATE, so it holds the write lock from its
 first statement and two writers can never deadlock upgrading read locks. PostgreSQL serves many machines and needs none
-of this: row locks (FOR UPDATE SKIP LOCKED, see app/queue.py) do the same job there.
+of this: row locks (FOR UPDATE SKIP LOCKED, see app/jobs/queue.py) do the same job there.
 """
 
 from collections.abc import Callable, Iterator
@@ -12,7 +12,7 @@ from functools import partial
 from typing import TypeVar
 
 import anyio
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlmodel import Session
 
 T = TypeVar("T")
@@ -66,6 +66,12 @@ def writing(engine: Engine) -> Iterator[Session]:
     """A session whose transaction takes the write lock at once and commits on leaving (rolls back on error)."""
     with Session(for_writing(engine), expire_on_commit=False) as session, session.begin():
         yield session
+
+
+def ping(engine: Engine) -> None:
+    """Raises (OperationalError) when the database does not answer."""
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
 
 
 async def read_for_async(engine: Engine, read: Callable[..., T], *args) -> T:

@@ -4,9 +4,10 @@ Workers write these files; the API reads them. Outputs proper (shards, checkpoin
 """
 
 import json
-import os
 from pathlib import Path
 
+from openseek_nanochat.atomic import write_json_atomic
+from openseek_nanochat.paths import jobs_dir
 from openseek_nanochat.settings import Settings
 
 SPEC = "spec.json"
@@ -14,24 +15,18 @@ LOG = "output.log"
 METRICS = "metrics.jsonl"
 
 
-def jobs_root(settings: Settings) -> Path:
-    return settings.resolved_data_dir / "jobs"
-
-
 def job_dir(settings: Settings, job_id: str) -> Path:
-    return jobs_root(settings) / job_id
+    return jobs_dir(settings) / job_id
 
 
 def write_spec(folder: Path, spec: dict) -> Path:
     path = folder / SPEC
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(spec, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, spec)
     return path
 
 
 def read_log(folder: Path, offset: int, limit: int) -> tuple[str, int, int]:
-    """Up to `limit` bytes of the log from `offset`, cut after the last whole line. Returns (text, next_offset, size)."""
+    """Up to `limit` bytes of the log from `offset`, cut after the last whole line: (text, next_offset, size)."""
     path = folder / LOG
     try:
         size = path.stat().st_size

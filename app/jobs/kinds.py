@@ -13,9 +13,9 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import Engine
 
-from openseek_nanochat.settings import Settings
-from openseek_nanochat.errors import InputError
 from openseek_nanochat.convert.spec import ConvertSpec
+from openseek_nanochat.errors import InputError
+from openseek_nanochat.settings import Settings
 from openseek_nanochat.train.spec import TrainSpec
 
 
@@ -29,10 +29,12 @@ class JobKind:
     prepare: Callable[[BaseModel, Settings, str, Engine], BaseModel]
     # The job process's argv, given the file holding the prepared spec (JSON).
     command: Callable[[Path], list[str]]
-    # Folders the job (spec, id) writes outside its job dir; `DELETE /jobs/{id}?purge=true` removes them.
+    # Folders the job (spec, id) writes outside its job dir; `DELETE /jobs/{id}?purge=true` removes those it owns.
     outputs: Callable[[dict, str], list[str]]
     # The manifest describing the outputs, if this kind writes one.
     manifest: Callable[[dict], Path | None] = lambda spec: None
+    # Folders (or files) the job reads that other jobs wrote: no purge removes them while the job is unfinished.
+    inputs: Callable[[dict], list[str]] = lambda spec: []
     summary: str = ""
     examples: dict[str, Any] = field(default_factory=dict)  # OpenAPI examples for the request body
 
@@ -41,6 +43,12 @@ def _prepare_convert(spec: ConvertSpec, settings: Settings, job_id: str, engine:
     from openseek_nanochat.convert import run as convert
 
     return convert.prepare(spec, settings, job_id)
+
+
+def _convert_manifest(spec: dict) -> Path:
+    from openseek_nanochat.convert import manifest
+
+    return Path(spec["output_dir"]) / manifest.NAME
 
 
 def _cli_command(subcommand: str) -> Callable[[Path], list[str]]:
@@ -53,14 +61,16 @@ CONVERT = JobKind(
     prepare=_prepare_convert,
     command=_cli_command("convert"),
     outputs=lambda spec, job_id: [spec["output_dir"]],
-    manifest=lambda spec: Path(spec["output_dir"]) / "manifest.json",
+    manifest=_convert_manifest,
     summary="Convert datasets into nanochat parquet shards",
     examples={
         "jsonl": {
             "summary": "JSONL files with a template over two columns",
             "value": {
                 "name": "gsm8k",
-                "sources": [{"type": "files", "paths": ["/data/gsm8k/*.jsonl"], "text_template": "{question}\n{answer}"}],
+                "sources": [
+                    {"type": "files", "paths": ["/data/gsm8k/*.jsonl"], "text_template": "{question}\n{answer}"}
+                ],
                 "chars_per_shard": 1_000_000,
             },
         },
@@ -86,7 +96,7 @@ CONVERT = JobKind(
 
 
 def _prepare_train(spec: TrainSpec, settings: Settings, job_id: str, engine: Engine) -> TrainSpec:
-    from openseek_nanochat.train import job as train_job
+    from openseek_nanochat.train.job import prepare
 
     from app.jobs import store
 
@@ -103,14 +113,19 @@ def _prepare_train(spec: TrainSpec, settings: Settings, job_id: str, engine: Eng
                              where="dataset")
         return job.spec["output_dir"]
 
-    return train_job.prepare(spec, settings, job_id, lookup=convert_output)
+    return prepare(spec, settings, job_id, lookup=convert_output)
 
 
 def _train_outputs(spec: dict, job_id: str) -> list[str]:
-    from openseek_nanochat.train import job as train_job
     from openseek_nanochat.settings import get_settings
+    from openseek_nanochat.train.job import run_dir_for
 
-    return [str(train_job.run_dir_for(TrainSpec.model_validate(spec), get_settings(), job_id))]
+    return [str(run_dir_for(TrainSpec.model_validate(spec), get_settings(), job_id))]
+
+
+def _train_inputs(spec: dict) -> list[str]:
+    tokenizer = spec.get("tokenizer") or {}
+    return [spec["dataset"], *([tokenizer["path"]] if "path" in tokenizer else [])]
 
 
 TRAIN = JobKind(
@@ -119,6 +134,7 @@ TRAIN = JobKind(
     prepare=_prepare_train,
     command=_cli_command("train"),
     outputs=_train_outputs,
+    inputs=_train_inputs,
     summary="Train a tokenizer and a model on converted shards (torchrun)",
     examples={
         "cpu": {
@@ -138,6 +154,3 @@ TRAIN = JobKind(
 )
 
 KINDS: dict[str, JobKind] = {kind.name: kind for kind in (CONVERT, TRAIN)}
-
-# Kinds the API names before they can run: submitting one answers 422 with this reason.
-PLANNED: dict[str, str] = {}

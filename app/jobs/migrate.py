@@ -51,6 +51,6 @@ def check_schema(engine: Engine) -> None:
     current, head = current_revision(engine), head_revision()
     if current != head:
         raise SystemExit(
-            f"the database {engine.url.render_as_string(hide_password=True)} is at schema revision {current or 'none'}, "
-            f"this code needs {head}: run `openseek-nanochat db upgrade`"
+            f"the database {engine.url.render_as_string(hide_password=True)} is at schema revision "
+            f"{current or 'none'}, this code needs {head}: run `openseek-nanochat db upgrade`"
         )

@@ -1,8 +1,8 @@
-"""The tables: jobs and the workers that run them.
+"""The tables: jobs, the folders they claim, and the workers that run them.
 
 A job's life: queued -> running -> succeeded | failed | cancelled, with `cancelling` while a cancel is under way. A
 running job belongs to one worker (`worker_id`) for one attempt (`attempts`) until `lease_expires_at`; the worker
-extends the lease while it lives, and a job whose lease ran out goes back to the queue (see app/queue.py).
+extends the lease while it lives, and a job whose lease ran out goes back to the queue (see app/jobs/queue.py).
 """
 
 import secrets
@@ -72,6 +72,17 @@ class Job(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class JobFolder(SQLModel, table=True):
+    """A folder a job writes or reads, resolved; claimed in the transaction that inserts the job (app/jobs/folders.py),
+    so no two unfinished jobs write one folder, nor one inside the other's. Deleted with its job."""
+
+    __tablename__ = "job_folders"
+
+    job_id: str = Field(foreign_key="jobs.id", ondelete="CASCADE", primary_key=True, max_length=32)
+    access: str = Field(primary_key=True, max_length=8)  # "writes" or "reads"
+    path: str = Field(primary_key=True, max_length=4096)
 
 
 class Worker(SQLModel, table=True):

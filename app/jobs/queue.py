@@ -9,11 +9,13 @@ worker names both, so a worker that lost its lease (its job requeued and claimed
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 from sqlalchemy import Engine, delete, exists, update
 from sqlmodel import col, select
 
+from openseek_nanochat.settings import Settings
+
+from app.jobs import files as jobfiles
 from app.jobs.db import reading, writing
 from app.jobs.models import OWNED, Job, JobState, Worker, utcnow
 
@@ -44,7 +46,7 @@ def _lease(lease_seconds: float):
 
 
 def work_waiting(engine: Engine) -> bool:
-    """A cheap read: is anything queued or any lease expired? Idle workers poll this instead of taking the write lock."""
+    """Is anything queued or any lease expired? A cheap read that idle workers poll instead of taking the write lock."""
     now = utcnow()
     queued = exists().where(col(Job.state) == JobState.queued)
     expired = exists().where(col(Job.state).in_(OWNED), col(Job.lease_expires_at) < now)
@@ -192,8 +194,9 @@ def expire_leases(engine: Engine, max_attempts: int) -> list[Expired]:
     return expired
 
 
-def note_expired(expired: list[Expired], jobs_dir: Path, max_attempts: int) -> None:
+def note_expired(expired: list[Expired], settings: Settings) -> None:
     """Say in each job's log what happened to it, so the log tells the whole story of its attempts."""
+    max_attempts = settings.max_attempts
     for e in expired:
         then = {
             JobState.queued: f"queued again (attempt {e.attempts} of {max_attempts} lost)",
@@ -202,7 +205,7 @@ def note_expired(expired: list[Expired], jobs_dir: Path, max_attempts: int) -> N
         }[e.new_state]
         line = f"[control] the lease of worker {e.worker_id} expired (it stopped heartbeating); job {then}\n"
         log.warning("job %s: %s", e.job_id, line.strip())
-        log_file = jobs_dir / e.job_id / "output.log"
+        log_file = jobfiles.job_dir(settings, e.job_id) / jobfiles.LOG
         if log_file.parent.is_dir():
             with open(log_file, "a", encoding="utf-8") as f:
                 f.write(line)

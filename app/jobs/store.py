@@ -1,14 +1,18 @@
-"""What the API does to jobs: create, read, cancel, delete. Each change is one short write transaction.
+"""The API's side of the jobs table: create, read, list, cancel, delete. Each change is one short write transaction.
 
-The worker's side (claim, heartbeat, finish, expiry) is in app/queue.py.
+The worker's side (claim, heartbeat, finish, expiry) is in app/jobs/queue.py; what a submit or a delete does beyond
+the row (checks, idempotency, files) is in app/jobs/service.py.
 """
 
 import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from sqlalchemy import Engine, bindparam, func, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
+from app.jobs import folders
 from app.jobs.db import reading, writing
 from app.jobs.models import FINISHED, Job, JobState, Worker, utcnow
 
@@ -43,11 +47,23 @@ def find_by_idempotency_key(engine: Engine, key: str) -> Job | None:
         return session.exec(select(Job).where(Job.idempotency_key == key)).first()
 
 
-def create_job(engine: Engine, job: Job) -> Job:
-    """Insert a queued job. With an idempotency key already taken (a concurrent retry), return that key's job."""
+def create_job(engine: Engine, job: Job, writes: Sequence[str] = (), reads: Sequence[str] = ()) -> Job:
+    """Insert a queued job and claim the folders it `writes` and `reads` (resolved paths), in one transaction. With
+    an idempotency key already taken (a concurrent retry), return that key's job. Conflict when an unfinished job
+    writes one of `writes`, inside one or above one."""
     try:
         with writing(engine) as session:
+            folders.lock(session)
+            if job.idempotency_key is not None:
+                existing = session.exec(select(Job).where(Job.idempotency_key == job.idempotency_key)).first()
+                if existing is not None:
+                    return existing
+            if (busy := folders.writer_overlapping(session, [Path(p) for p in writes])) is not None:
+                use, folder = busy
+                raise Conflict(f"{use.describe(folder)}; wait for it, cancel it, or choose another name or output_dir")
             session.add(job)
+            session.flush()  # the row the claims refer to
+            folders.record(session, job.id, list(writes), list(reads))
     except IntegrityError:
         existing = job.idempotency_key and find_by_idempotency_key(engine, job.idempotency_key)
         if not existing:
@@ -90,10 +106,12 @@ def request_cancel(engine: Engine, job_id: str) -> Job:
     raise Conflict(f"job {job_id} has already {_finished_verb(job.state)}; there is nothing to cancel")
 
 
-def delete_job(engine: Engine, job_id: str) -> Job:
-    """Delete a finished job's row; the caller removes its files."""
+def delete_job(engine: Engine, job_id: str, before: Callable[[Session, Job], None] | None = None) -> Job:
+    """Delete a finished job's row (and its claims); the caller removes its files. `before` runs in the same
+    transaction, claims locked, once the job is known to be finished: what it raises undoes the delete."""
     get_job(engine, job_id)
     with writing(engine) as session:
+        folders.lock(session)
         job = session.get(Job, job_id)
         if job is None:
             raise NotFound(f"no job with id {job_id!r}")
@@ -102,13 +120,10 @@ def delete_job(engine: Engine, job_id: str) -> Job:
                 f"job {job_id} is {job.state}; only finished jobs can be deleted "
                 f"(cancel it first: POST /jobs/{job_id}/cancel)"
             )
+        if before is not None:
+            before(session, job)
         session.delete(job)
     return job
-
-
-def unfinished_jobs(engine: Engine) -> list[Job]:
-    with reading(engine) as session:
-        return list(session.exec(select(Job).where(col(Job.state).not_in(FINISHED))).all())
 
 
 def list_workers(engine: Engine) -> list[Worker]:

@@ -13,7 +13,6 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from app.jobs import files as jobfiles
-
 from app.jobs import store
 from app.jobs.models import FINISHED, Job
 
@@ -55,15 +54,15 @@ def poll_interval(poll_seconds: float) -> float:
 
 async def watch(
     engine: Engine,
-    jobs_dir: Path,
     job_id: str,
+    folder: Path,
     log_offset: int = 0,
     interval: float = 0.5,
     stopping: Callable[[], bool] = lambda: False,
 ) -> AsyncIterator[Update]:
     """Yield the job's row first, then each change and each piece of log, until the job has finished and its log
-    has been read to the end, the job is deleted, or `stopping()` says to give up (the server shuts down)."""
-    folder = jobs_dir / job_id
+    has been read to the end, the job is deleted, or `stopping()` says to give up (the server shuts down). `folder` is
+    the job's own (files.job_dir), where its log is."""
     seen: tuple | None = None
     while not stopping():
         try:

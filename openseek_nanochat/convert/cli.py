@@ -93,10 +93,11 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from openseek_nanochat import events
+    from openseek_nanochat.convert import manifest as manifest_file
     from openseek_nanochat.convert.run import convert
+    from openseek_nanochat.convert.spec import ConvertSpec
     from openseek_nanochat.errors import InputError
     from openseek_nanochat.paths import PathPolicyError
-    from openseek_nanochat.convert.spec import ConvertSpec
 
     try:
         spec = ConvertSpec.model_validate(load_spec_dict(args))
@@ -116,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.events:
             progress.close()
     totals = manifest["totals"]
-    summary = {"output_dir": manifest["output_dir"], "manifest": str(Path(manifest["output_dir"]) / "manifest.json"),
-               **totals}
+    summary = {"output_dir": manifest["output_dir"],
+               "manifest": str(Path(manifest["output_dir"]) / manifest_file.NAME), **totals}
     if args.events:
         events.emit("result", **summary)
     else:

@@ -1,14 +1,13 @@
-"""Parquet shards in nanochat's layout, written atomically, and the manifest that describes them.
+"""Parquet shards in nanochat's layout, written atomically (manifest.py describes them).
 
 Layout: `shard_00000.parquet`, `shard_00001.parquet`, ...; one `text` column; zstd; row groups of `row_group_size`
-rows; the last shard is the validation split. A shard is written to a hidden temp name and renamed when complete,
-so a reader never sees half a shard. A train shard closes at the first row-group boundary at or past the size target
-(nanochat's loaders stride row groups across ranks, so full row groups matter).
+rows; the last shard is the validation split. A shard is written under atomic.py's hidden temp name and published
+(fsync, rename, fsync of the folder) when complete, so a reader never sees half a shard. A train shard closes at the
+first row-group boundary at or past the size target (nanochat's loaders stride row groups across ranks, so full row
+groups matter).
 """
 
 import hashlib
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-MANIFEST = "manifest.json"
+from openseek_nanochat.atomic import fsync_file, publish, temp_path
+
 VAL_MIN_ROW_GROUPS = 8  # enough for one node of 8 GPUs
 SCHEMA = pa.schema([pa.field("text", pa.string())])
 # Fixed writer settings: together with a deterministic document order they make re-runs byte-identical.
@@ -39,16 +39,6 @@ def sha256_of(path: Path) -> str:
         while chunk := f.read(8 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -80,7 +70,6 @@ class ShardWriter:
         self.chars_per_shard = chars_per_shard
         self.rows_per_shard = rows_per_shard
         self.index = first_index
-        self.docs_written = 0  # documents in completed shards since this writer started
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._open = None  # (writer, tmp path, counters) of the shard being written
@@ -149,7 +138,7 @@ class ShardWriter:
 
     def _append(self, group: pa.Table) -> None:
         if self._open is None:
-            tmp = self.out_dir / f".{shard_name(self.index)}.tmp"
+            tmp = temp_path(self.out_dir / shard_name(self.index))
             counters = {"rows": 0, "chars": 0, "row_groups": 0,
                         "source_docs": np.zeros(self.num_sources, np.int64),
                         "source_chars": np.zeros(self.num_sources, np.int64)}
@@ -168,14 +157,12 @@ class ShardWriter:
     def _close(self, split: str) -> ShardInfo:
         writer, tmp, counters = self._open
         writer.close()
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        fsync_file(tmp)
         final = self.out_dir / shard_name(self.index)
-        os.replace(tmp, final)
+        publish(tmp, final)
         info = ShardInfo(file=final.name, rows=counters["rows"], chars=counters["chars"], bytes=final.stat().st_size,
                          row_groups=counters["row_groups"], sha256=sha256_of(final), split=split,
                          source_docs=counters["source_docs"].tolist(), source_chars=counters["source_chars"].tolist())
         self._open = None
         self.index += 1
-        self.docs_written += info.rows
         return info

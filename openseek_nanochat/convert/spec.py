@@ -3,14 +3,30 @@
 Unknown fields are rejected everywhere (extra="forbid"), so a typo such as `text_colum` is an error, not a default.
 """
 
+import math
 import string
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity are no number a spec means (JSON's `1e400` parses to infinity): rejected like any bad value.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# Every size and count has an upper bound far above any real use, so that an absurd value is a 422 rather than an
+# overflow, a spin or a job that can never end; each bound also fits a JavaScript number exactly (the dashboard shows
+# specs and re-submits them), 2**53.
+MAX_DOCS = 10**15
+MAX_CHARS = 10**15  # some thousand times the text of OpenSeek-Pretrain-100B
+MAX_SEED = 2**32 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="Seeds every random choice: same seed, same output.")]
+
+# Weights only count relative to each other. The bounds keep every share the mixture computes a normal float: without
+# them 1e-320 beside 1e300 rounds a share to 0, and weights near 1e308 add up to infinity.
+MIN_WEIGHT, MAX_WEIGHT = 1e-15, 1e15
+Weight = Annotated[float, Field(ge=MIN_WEIGHT, le=MAX_WEIGHT, description="Relative share in the mixture.")]
 
 
 class TextSelection(StrictModel):
@@ -47,7 +63,8 @@ def template_fields(template: str) -> list[str]:
             continue
         if not field or format_spec or conversion or any(c in field for c in ".[]"):
             written = field + (f"!{conversion}" if conversion else "") + (f":{format_spec}" if format_spec else "")
-            raise ValueError(f"text_template field {{{written}}} is not supported: use plain column names like {{question}}")
+            raise ValueError(
+                f"text_template field {{{written}}} is not supported: use plain column names like {{question}}")
         fields.append(field)
     return fields
 
@@ -59,7 +76,7 @@ class FilesSource(TextSelection):
         default="auto",
         description="auto picks by extension: .jsonl/.json(.gz/.zst), .parquet, .arrow/.feather/.ipc, .txt/.md.",
     )
-    weight: float = Field(default=1.0, gt=0, description="Relative share in the mixture.")
+    weight: Weight = 1.0
 
 
 class HFSource(TextSelection):
@@ -68,7 +85,7 @@ class HFSource(TextSelection):
     name: str | None = Field(default=None, description="The dataset configuration name.")
     split: str = "train"
     streaming: bool = True
-    weight: float = Field(default=1.0, gt=0)
+    weight: Weight = 1.0
 
 
 class QwenTokenizerSpec(StrictModel):
@@ -81,7 +98,7 @@ class HFTokenizerSpec(StrictModel):
     path: str = Field(description="A Hugging Face tokenizer.json.")
 
 
-TokenizerSpec = Annotated[Union[QwenTokenizerSpec, HFTokenizerSpec], Field(discriminator="type")]
+TokenizerSpec = Annotated[QwenTokenizerSpec | HFTokenizerSpec, Field(discriminator="type")]
 
 
 class MegatronSource(StrictModel):
@@ -95,7 +112,7 @@ class MegatronSource(StrictModel):
         examples=[[3.0, "/data/arxiv/007_00000_text_document", 1.0, "/data/zh_cc/part_28_text_document"]],
     )
     tokenizer: TokenizerSpec
-    weight: float = Field(default=1.0, gt=0)
+    weight: Weight = 1.0
 
     @model_validator(mode="after")
     def _one_of_prefixes_or_data_path(self):
@@ -111,7 +128,8 @@ class MegatronSource(StrictModel):
 def weighted_prefixes(data_path: list) -> list[tuple[float, str]]:
     """[w1, p1, w2, p2, ...] -> [(w1, p1), ...], with errors that name the offending position."""
     if not data_path or len(data_path) % 2:
-        raise ValueError("'data_path' must be a non-empty list of weight, prefix pairs: [w1, 'prefix1', w2, 'prefix2', ...]")
+        raise ValueError(
+            "'data_path' must be a non-empty list of weight, prefix pairs: [w1, 'prefix1', w2, 'prefix2', ...]")
     pairs = []
     for i in range(0, len(data_path), 2):
         weight, prefix = data_path[i], data_path[i + 1]
@@ -122,13 +140,13 @@ def weighted_prefixes(data_path: list) -> list[tuple[float, str]]:
                 raise ValueError(f"data_path[{i}] should be a weight, got {weight!r}") from None
         if not isinstance(prefix, str):
             raise ValueError(f"data_path[{i + 1}] should be a prefix path, got {prefix!r}")
-        if weight <= 0:
-            raise ValueError(f"data_path[{i}]: weight must be > 0, got {weight}")
+        if not (math.isfinite(weight) and MIN_WEIGHT <= weight <= MAX_WEIGHT):
+            raise ValueError(f"data_path[{i}]: weight must be between {MIN_WEIGHT:g} and {MAX_WEIGHT:g}, got {weight}")
         pairs.append((float(weight), prefix))
     return pairs
 
 
-Source = Annotated[Union[FilesSource, HFSource, MegatronSource], Field(discriminator="type")]
+Source = Annotated[FilesSource | HFSource | MegatronSource, Field(discriminator="type")]
 
 
 class ConvertSpec(StrictModel):
@@ -139,18 +157,27 @@ class ConvertSpec(StrictModel):
     )
     sources: list[Source] = Field(min_length=1, description="Weighted sources, interleaved and shuffled together.")
     output_dir: str | None = Field(default=None, description="Default: <data dir>/datasets/<name or job id>.")
-    chars_per_shard: int = Field(default=250_000_000, gt=0, description="Characters per shard (nanochat: 250M).")
-    rows_per_shard: int | None = Field(default=None, gt=0, description="Rows per shard; overrides chars_per_shard.")
-    row_group_size: int = Field(default=1024, gt=0, description="Rows per parquet row group (nanochat: 1024).")
-    max_docs: int | None = Field(default=None, gt=0, description="Stop after this many documents (all shards).")
-    max_chars: int | None = Field(default=None, gt=0, description="Stop after this many characters (all shards).")
-    max_shards: int | None = Field(default=None, ge=2, description="At most this many shards, the val shard included.")
-    min_chars: int = Field(default=0, ge=0, description="Drop documents shorter than this; empty ones always go.")
+    chars_per_shard: int = Field(
+        default=250_000_000, gt=0, le=MAX_CHARS, description="Characters per shard (nanochat: 250M).")
+    rows_per_shard: int | None = Field(
+        default=None, gt=0, le=MAX_DOCS, description="Rows per shard; overrides chars_per_shard.")
+    row_group_size: int = Field(
+        default=1024, gt=0, le=2**20, description="Rows per parquet row group (nanochat: 1024).")
+    max_docs: int | None = Field(
+        default=None, gt=0, le=MAX_DOCS, description="Stop after this many documents (all shards).")
+    max_chars: int | None = Field(
+        default=None, gt=0, le=MAX_CHARS, description="Stop after this many characters (all shards).")
+    max_shards: int | None = Field(
+        default=None, ge=2, le=10**6, description="At most this many shards, the val shard included.")
+    min_chars: int = Field(
+        default=0, ge=0, le=MAX_CHARS, description="Drop documents shorter than this; empty ones always go.")
     shuffle: bool = True
-    shuffle_buffer: int = Field(default=65_536, gt=0, description="Documents shuffled together (bounded memory).")
-    seed: int = 42
+    shuffle_buffer: int = Field(
+        default=65_536, gt=0, le=10**8, description="Documents shuffled together (bounded memory).")
+    seed: Seed = 42
     val_docs: int | None = Field(
-        default=None, gt=0, description="Documents in the validation shard (the last one). Default: 1%, at most 10,000."
+        default=None, gt=0, le=10**9,
+        description="Documents in the validation shard (the last one). Default: 1%, at most 10,000.",
     )
     on_error: Literal["fail", "skip"] = Field(
         default="fail", description="A malformed record: fail naming file:line, or skip it and count it."

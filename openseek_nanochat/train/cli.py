@@ -19,10 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from pydantic import ValidationError
 
-    from openseek_nanochat.train import job as train_job
     from openseek_nanochat.errors import InputError
     from openseek_nanochat.events import emit
     from openseek_nanochat.settings import get_settings
+    from openseek_nanochat.train import job
     from openseek_nanochat.train.spec import TrainSpec
 
     def fail(message: str, where: str | None) -> int:
@@ -37,12 +37,13 @@ def run(args) -> int:
     except OSError as e:
         return fail(f"cannot read the spec: {e}", args.spec)
     except ValidationError as e:
-        return fail("; ".join(f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg']}" for err in e.errors()), args.spec)
+        errors = (f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg']}" for err in e.errors())
+        return fail("; ".join(errors), args.spec)
     settings = get_settings()
     try:
-        spec = train_job.prepare(spec, settings)
-        run_dir = train_job.run_dir_for(spec, settings)
-        result = train_job.run(spec, run_dir, events=args.events)
+        spec = job.prepare(spec, settings)
+        run_dir = job.run_dir_for(spec, settings)
+        result = job.run(spec, run_dir, events=args.events)
     except InputError as e:
         return fail(e.message, e.where)
     except RuntimeError as e:  # the trainer crashed: its output above says why

@@ -1,13 +1,15 @@
-"""Pretraining loaders, drop-in for nanochat's `nanochat.dataloader` (same names, signatures, shards and batches).
+"""Pretraining loaders, drop-in for nanochat's `nanochat.dataloader`: the two it has, under its names and signatures
+(`tokenizing_distributed_data_loader_with_state_bos_bestfit`, `tokenizing_distributed_data_loader_bos_bestfit`).
 
-Shards are nanochat's: `shard_00000.parquet`, ... with a `text` column, found in `$NANOCHAT_BASE_DIR/base_data_climbmix`
-(or `data_dir=`); the last shard is the validation split. Rank r of a W-rank job reads row groups r, r+W, r+2W, ... of
-every shard, in order, forever (the epoch counts the passes).
+Shards are nanochat's: `shard_00000.parquet`, ... with a `text` column, found where nanochat looks (nanochat/layout.py:
+`$NANOCHAT_BASE_DIR/base_data_climbmix`) or in `data_dir=`, listed by convert/shards.py's rule; the last shard is the
+validation split. Rank r of a W-rank job reads row groups r, r+W, r+2W, ... of every shard, in order, forever (the
+epoch counts the passes).
 
 The BOS-aligned best-fit loader yields exactly nanochat's batches, token for token. nanochat scans its whole document
 buffer in Python for every document it places and tokenizes in the training thread; here the buffer is bucketed by
 length (a bisect finds the best fit), and a background thread reads ahead and has worker processes tokenize while
-the caller packs rows.
+the caller packs rows (forked processes that die with their rank, procs.die_with_parent).
 
 Resume: every batch comes with a state dict. nanochat's keys (`pq_idx`, `rg_idx`, `epoch`) mean what they mean in
 nanochat, which resumes approximately (from the next row group, dropping the buffered documents). This loader adds
@@ -31,24 +33,20 @@ from concurrent.futures import ProcessPoolExecutor
 import pyarrow.parquet as pq
 import torch
 
-DATA_SUBDIR = "base_data_climbmix"
-LEGACY_DATA_SUBDIR = "base_data"  # nanochat falls back to it when base_data_climbmix does not exist
+from openseek_nanochat import procs
+from openseek_nanochat.convert.shards import list_shards
+from openseek_nanochat.train.nanochat import layout
 
 _PREFETCH_BATCHES = 16  # tokenized document batches the reader thread may run ahead
 
 
-def nanochat_base_dir() -> str:
-    return os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
-
-
 def list_parquet_files(data_dir=None) -> list[str]:
-    """Sorted shard paths; the default directory is nanochat's."""
+    """The shard paths in order, validation last; the default directory is nanochat's."""
     if data_dir is None:
-        data_dir = os.path.join(nanochat_base_dir(), DATA_SUBDIR)
-        if not os.path.exists(data_dir):
-            data_dir = os.path.join(nanochat_base_dir(), LEGACY_DATA_SUBDIR)
-    names = sorted(f for f in os.listdir(data_dir) if f.endswith(".parquet"))
-    return [os.path.join(data_dir, f) for f in names]
+        data_dir = layout.base_dir() / layout.DATA_SUBDIR
+        if not data_dir.exists():
+            data_dir = layout.base_dir() / layout.LEGACY_DATA_SUBDIR
+    return [str(path) for path in list_shards(data_dir)]
 
 
 def get_dist_info() -> tuple[int, int]:
@@ -62,7 +60,7 @@ def split_paths(split: str, data_dir=None) -> list[str]:
     assert split in ("train", "val"), "split must be 'train' or 'val'"
     paths = list_parquet_files(data_dir)
     if not paths:
-        raise FileNotFoundError(f"no parquet shards in {data_dir or os.path.join(nanochat_base_dir(), DATA_SUBDIR)}")
+        raise FileNotFoundError(f"no parquet shards in {data_dir or layout.base_dir() / layout.DATA_SUBDIR}")
     if split == "val":
         return paths[-1:]
     if len(paths) < 2:
@@ -132,13 +130,10 @@ def _tokenizer_processes(tokenizer_threads: int) -> int:
 _worker_tokenizer = None  # set in each tokenizer process
 
 
-def _start_worker(tokenizer):
+def _start_worker(tokenizer, rank_pid):
     global _worker_tokenizer
     _worker_tokenizer = tokenizer
-    if sys.platform.startswith("linux"):  # die with the reader thread that forked us (a killed rank leaves none)
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    procs.die_with_parent(rank_pid, signal.SIGKILL)  # with the reader thread that forked us: a killed rank leaves none
 
 
 def _worker_tokenize(texts, bos):
@@ -168,7 +163,9 @@ class _Reader:
                         if not self._put((_tokenize(tokenizer, texts, bos), position)):
                             return
                     return
-                pool = ProcessPoolExecutor(processes, multiprocessing.get_context("fork"), _start_worker, (tokenizer,))
+                pool = ProcessPoolExecutor(
+                    processes, multiprocessing.get_context("fork"), _start_worker, (tokenizer, os.getpid())
+                )
                 in_flight = deque()
                 for texts, position in batches:
                     in_flight.append((pool.submit(_worker_tokenize, texts, bos), position))
@@ -270,7 +267,7 @@ class _ToDevice:
         device = torch.device(device)
         self.cuda = device.type == "cuda"
         self.on_device = torch.empty((2, B, T), dtype=torch.long, device=device)
-        self.staging = [torch.empty((2, B, T), dtype=torch.long, pin_memory=True) for _ in range(2)] if self.cuda else []
+        self.staging = [torch.empty((2, B, T), dtype=torch.long, pin_memory=True) for _ in range(2 if self.cuda else 0)]
         self.copied = [None, None]  # the CUDA event of each staging buffer's last copy
         self.turn = 0
 
@@ -358,7 +355,7 @@ def _refill_saved_buffer(buffer, origins, paths, tokenizer):
     """Re-read and re-tokenize the documents a saved state had buffered, in their original order."""
     tables = {}
     texts = []
-    for epoch, pq_idx, rg_idx, row in origins:
+    for _epoch, pq_idx, rg_idx, row in origins:
         key = (pq_idx, rg_idx)
         if key not in tables:
             tables[key] = pq.ParquetFile(paths[pq_idx]).read_row_group(rg_idx, columns=["text"]).column("text")
@@ -371,44 +368,4 @@ def _refill_saved_buffer(buffer, origins, paths, tokenizer):
 def tokenizing_distributed_data_loader_bos_bestfit(*args, **kwargs):
     """The best-fit loader without the state dicts."""
     for inputs, targets, _ in tokenizing_distributed_data_loader_with_state_bos_bestfit(*args, **kwargs):
-        yield inputs, targets
-
-
-def tokenizing_distributed_data_loader_with_state(
-    tokenizer, B, T, split,
-    tokenizer_threads=4, tokenizer_batch_size=128,
-    device="cuda", resume_state_dict=None, *, data_dir=None,
-):
-    """nanochat's original loader: documents streamed back to back into (B, T) windows.
-
-    Rows may start mid-document; every token is used. Resume is nanochat's (next row group).
-    """
-    rank, world_size = get_dist_info()
-    paths = split_paths(split, data_dir)
-    start = _nanochat_start(resume_state_dict, rank, world_size)
-    reader = _Reader(_document_batches(paths, rank, world_size, start, tokenizer_batch_size), tokenizer,
-                     _tokenizer_processes(tokenizer_threads))
-    needed = B * T + 1  # +1: the target of the last position
-    device = torch.device(device)
-    use_cuda = device.type == "cuda"
-    token_buffer = []
-    pq_idx, rg_idx, epoch = 0, 0, 1
-    try:
-        while True:
-            while len(token_buffer) < needed:
-                token_lists, (epoch, pq_idx, rg_idx, _) = reader.get()
-                for doc in token_lists:
-                    token_buffer.extend(doc)
-            window = torch.tensor(token_buffer[:needed], dtype=torch.long, pin_memory=use_cuda)
-            del token_buffer[:B * T]  # the next window starts where this one's inputs ended
-            inputs = window[:-1].view(B, T).to(device=device, non_blocking=use_cuda)
-            targets = window[1:].view(B, T).to(device=device, non_blocking=use_cuda)
-            yield inputs, targets, {"pq_idx": pq_idx, "rg_idx": rg_idx, "epoch": epoch}
-    finally:
-        reader.close()
-
-
-def tokenizing_distributed_data_loader(*args, **kwargs):
-    """The original loader without the state dicts."""
-    for inputs, targets, _ in tokenizing_distributed_data_loader_with_state(*args, **kwargs):
         yield inputs, targets

@@ -1,48 +1,46 @@
 """Train jobs: check a TrainSpec against the data and this machine (`prepare`), then run it (`run`).
 
-A run is two child processes, each streamed through to this process's output: tokenizer training (skipped when the
-spec reuses a tokenizer or the run dir already has one) and torchrun with one rank per device. The run dir is fixed by
-the job (`<data dir>/runs/<job id>`, or a hash of the spec for a job without an id), so a job started again after a
-crash finds its tokenizer and its last checkpoint there and continues from that step.
+Both pick the backend: the builtin trainer's run is here, the nanochat backend's is train/nanochat/ (preflight.py at
+submit, run.py in the job process). A builtin run is two child processes, each streamed through to this process's
+output (procs.stream): tokenizer training (skipped when the spec reuses a tokenizer or the run dir already has one) and
+torchrun with one rank per device. The run dir is fixed by the job (`<data dir>/runs/<job id>`, or a hash of the spec
+for a job without an id), so a job started again after a crash finds its tokenizer and its last checkpoint there and
+continues from that step.
 """
 
 import hashlib
 import json
 import os
-import signal
-import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pyarrow.parquet as pq
 
-from openseek_nanochat.train import tokenizer as tok
+from openseek_nanochat import paths, procs
+from openseek_nanochat.convert.shards import list_shards
 from openseek_nanochat.errors import InputError
 from openseek_nanochat.events import emit as emit_event
 from openseek_nanochat.settings import Settings
+from openseek_nanochat.train import checkpoints
+from openseek_nanochat.train import tokenizer as tok
 from openseek_nanochat.train.spec import ReuseTokenizer, TrainSpec
 
-JOB_ID_ENV = "OPENSEEK_NANOCHAT_JOB_ID"
+ERROR_PREFIX = "error: "  # how the tokenizer and the trainer print the reason they fail (the job's error message)
 
 
 def run_dir_for(spec: TrainSpec, settings: Settings, job_id: str | None = None) -> Path:
-    job_id = job_id or os.environ.get(JOB_ID_ENV)
+    job_id = job_id or os.environ.get(procs.JOB_ID_ENV)
     if not job_id:
         job_id = "spec-" + hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
-    return settings.resolved_data_dir / "runs" / job_id
-
-
-def _allowed_roots(settings: Settings) -> list[Path]:
-    return [settings.resolved_data_dir, *settings.resolved_input_roots]
+    return paths.runs_dir(settings) / job_id
 
 
 def _check_allowed(path: Path, settings: Settings, what: str) -> Path:
-    resolved = path.expanduser().resolve()
-    if not any(resolved == root or root in resolved.parents for root in _allowed_roots(settings)):
-        roots = os.pathsep.join(str(r) for r in _allowed_roots(settings))
-        raise InputError(f"{what} {str(path)!r} is outside the data dir and the input roots ({roots})")
-    return resolved
+    try:
+        return paths.check_job_input(path, settings, what)
+    except paths.PathPolicyError as e:
+        raise InputError(str(e)) from None
 
 
 def resolve_dataset(dataset: str, settings: Settings, lookup: Callable[[str], str | None] | None = None) -> Path:
@@ -52,27 +50,32 @@ def resolve_dataset(dataset: str, settings: Settings, lookup: Callable[[str], st
         found = lookup(dataset)
         if found:
             candidates.append(Path(found))
-    candidates += [Path(dataset).expanduser(), settings.resolved_data_dir / "datasets" / dataset]
+    candidates += [Path(dataset).expanduser(), paths.datasets_dir(settings) / dataset]
     for path in candidates:
         if path.is_absolute() and path.is_dir():
             return _check_allowed(path, settings, "dataset")
-    raise InputError(f"unknown dataset {dataset!r}: not a finished convert job, nor an absolute path to a directory "
-                     "of shards", where="dataset")
+    raise InputError(
+        f"unknown dataset {dataset!r}: not a finished convert job, nor an absolute path to a directory of shards",
+        where="dataset",
+    )
 
 
 def check_shards(shard_dir: Path, nproc_per_node: int) -> list[Path]:
     """Enough shards, a `text` column, and a row group for every rank in both splits (or a rank would get no data)."""
-    paths = sorted(p for p in shard_dir.iterdir() if p.name.endswith(".parquet"))
-    if len(paths) < 2:
-        raise InputError(f"{shard_dir} has {len(paths)} parquet shard(s); training needs at least 2 "
-                         "(train shards, then the validation shard last)", where="dataset")
+    shards = list_shards(shard_dir)
+    if len(shards) < 2:
+        raise InputError(
+            f"{shard_dir} has {len(shards)} parquet shard(s); training needs at least 2 "
+            "(train shards, then the validation shard last)",
+            where="dataset",
+        )
     try:
-        for path in (paths[0], paths[-1]):
+        for path in (shards[0], shards[-1]):
             if "text" not in pq.read_schema(path).names:
                 raise InputError(f"{path} has no 'text' column", where="dataset")
-        val_groups = pq.ParquetFile(paths[-1]).num_row_groups
+        val_groups = pq.ParquetFile(shards[-1]).num_row_groups
         train_groups = 0
-        for path in paths[:-1]:  # usually the first shard already has enough
+        for path in shards[:-1]:  # usually the first shard already has enough
             train_groups = max(train_groups, pq.ParquetFile(path).num_row_groups)
             if train_groups >= nproc_per_node:
                 break
@@ -83,8 +86,10 @@ def check_shards(shard_dir: Path, nproc_per_node: int) -> list[Path]:
             raise InputError(
                 f"the {split} of {shard_dir} has {groups} row group(s), but each of the {nproc_per_node} ranks reads "
                 f"row groups of its own: convert with a smaller row_group_size (or more validation documents), "
-                f"or train with nproc_per_node <= {groups}", where="dataset")
-    return paths
+                f"or train with nproc_per_node <= {groups}",
+                where="dataset",
+            )
+    return shards
 
 
 def _check_device(spec: TrainSpec) -> None:
@@ -93,15 +98,19 @@ def _check_device(spec: TrainSpec) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise InputError("device 'cuda' was asked for, but this machine has no CUDA device (use 'cpu' or 'auto')",
-                         where="device")
+        raise InputError(
+            "device 'cuda' was asked for, but this machine has no CUDA device (use 'cpu' or 'auto')", where="device"
+        )
     if spec.nproc_per_node > torch.cuda.device_count():
-        raise InputError(f"nproc_per_node {spec.nproc_per_node} is more than the {torch.cuda.device_count()} CUDA "
-                         "device(s) here", where="nproc_per_node")
+        raise InputError(
+            f"nproc_per_node {spec.nproc_per_node} is more than the {torch.cuda.device_count()} CUDA device(s) here",
+            where="nproc_per_node",
+        )
 
 
-def prepare(spec: TrainSpec, settings: Settings, job_id: str | None = None,
-            lookup: Callable[[str], str | None] | None = None) -> TrainSpec:
+def prepare(
+    spec: TrainSpec, settings: Settings, job_id: str | None = None, lookup: Callable[[str], str | None] | None = None
+) -> TrainSpec:
     """Check the spec against the data and this machine; return it with the dataset (and tokenizer) as absolute paths.
 
     `lookup` maps a convert job id to its output dir (None when there is no such finished job). Raises InputError.
@@ -112,15 +121,17 @@ def prepare(spec: TrainSpec, settings: Settings, job_id: str | None = None,
     if isinstance(spec.tokenizer, ReuseTokenizer):
         tokenizer_dir = _check_allowed(Path(spec.tokenizer.path), settings, "tokenizer path")
         if not tok.is_complete(tokenizer_dir):
-            raise InputError(f"{tokenizer_dir} lacks {tok.TOKENIZER_FILE} or {tok.TOKEN_BYTES_FILE}", where="tokenizer.path")
+            raise InputError(
+                f"{tokenizer_dir} lacks {tok.TOKENIZER_FILE} or {tok.TOKEN_BYTES_FILE}", where="tokenizer.path"
+            )
         update["tokenizer"] = ReuseTokenizer(path=str(tokenizer_dir))
     _check_device(spec)
     if spec.backend == "nanochat":
         try:
-            from openseek_nanochat.train.nanochat import backend as nanochat_backend
+            from openseek_nanochat.train.nanochat import preflight
         except ModuleNotFoundError:
             raise InputError("backend 'nanochat' is not available in this installation", where="backend") from None
-        return nanochat_backend.prepare(spec.model_copy(update=update), settings)
+        return preflight.prepare(spec.model_copy(update=update), settings)
     resolved = spec.model_copy(update=update)
     _check_run_dir(run_dir_for(resolved, settings, job_id), resolved)
     return resolved
@@ -133,58 +144,21 @@ def _check_run_dir(run_dir: Path, spec: TrainSpec) -> None:
         raise InputError(f"{run_dir} holds a run of a different spec ({saved}); give this job a new id or run dir")
 
 
-def _die_with_parent():
-    """Linux: the child gets SIGTERM when this process dies, even by SIGKILL, so a killed job leaves no trainer."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def _run_child(cmd: list[str], env: dict | None = None) -> tuple[int, str | None]:
-    """Run a child, copying its output (stdout and stderr together) to ours line by line.
-
-    Returns the exit code and the child's last `error: ...` line, which becomes the job's error message.
-    """
-    print("$ " + " ".join(cmd), flush=True)
-    preexec = _die_with_parent if sys.platform.startswith("linux") else None
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1,
-                            preexec_fn=preexec)
-    last_error = None
-    try:
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            if line.startswith("error: "):
-                last_error = line[len("error: "):].strip()
-        return proc.wait(), last_error
-    finally:
-        if proc.poll() is None:  # we are being interrupted: take the child down with us
-            proc.terminate()
-            proc.wait()
+def _error_reason(line: str) -> str | None:
+    return line.removeprefix(ERROR_PREFIX).strip() if line.startswith(ERROR_PREFIX) else None
 
 
 def train_flags(spec: TrainSpec, tokenizer_dir: Path, run_dir: Path, events_on: bool) -> list[str]:
     """The spec as openseek_nanochat.train.builtin.trainer flags."""
     flags = {
-        "data-dir": spec.dataset, "tokenizer-dir": tokenizer_dir, "run-dir": run_dir,
-        "device-type": "" if spec.device == "auto" else spec.device,
-        "depth": spec.depth, "aspect-ratio": spec.aspect_ratio, "head-dim": spec.head_dim,
-        "max-seq-len": spec.max_seq_len, "num-iterations": spec.num_iterations,
-        "device-batch-size": spec.device_batch_size, "total-batch-size": spec.total_tokens_per_step(),
-        "embedding-lr": spec.embedding_lr, "unembedding-lr": spec.unembedding_lr, "matrix-lr": spec.matrix_lr,
-        "weight-decay": spec.weight_decay, "warmup-steps": spec.warmup_steps, "warmdown-ratio": spec.warmdown_ratio,
-        "final-lr-frac": spec.final_lr_frac, "eval-every": spec.eval_every, "eval-tokens": spec.eval_tokens,
-        "save-every": spec.save_every, "seed": spec.seed, "compile": spec.compile,
+        "--data-dir": spec.dataset,
+        "--tokenizer-dir": tokenizer_dir,
+        "--run-dir": run_dir,
+        **spec.trainer_flags(),
+        "--seed": spec.seed,  # base_train has no such flag
+        "--compile": spec.compile,
     }
-    return [f"--{name}={value}" for name, value in flags.items()] + (["--events"] if events_on else [])
-
-
-def last_checkpoint_meta(checkpoint_dir: Path) -> dict | None:
-    metas = sorted(checkpoint_dir.glob("meta_*.json")) if checkpoint_dir.is_dir() else []
-    return json.loads(metas[-1].read_text()) if metas else None
+    return [f"{flag}={value}" for flag, value in flags.items()] + (["--events"] if events_on else [])
 
 
 def run(spec: TrainSpec, job_dir, events: bool = True) -> dict:
@@ -192,15 +166,15 @@ def run(spec: TrainSpec, job_dir, events: bool = True) -> dict:
 
     `spec` must have been through `prepare`. Returns (and, with events, emits) the result.
     """
+    emit = _emitter(events)
     if spec.backend == "nanochat":
-        from openseek_nanochat.train.nanochat import backend as nanochat_backend
+        from openseek_nanochat.train.nanochat import run as nanochat
 
-        return nanochat_backend.run(spec, job_dir, events=events)
+        return nanochat.run(spec, job_dir, emit)
     run_dir = Path(job_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_run_dir(run_dir, spec)
     (run_dir / "spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
-    emit = _emitter(events)
 
     if isinstance(spec.tokenizer, ReuseTokenizer):
         tokenizer_dir = Path(spec.tokenizer.path)
@@ -210,22 +184,28 @@ def run(spec: TrainSpec, job_dir, events: bool = True) -> dict:
             print(f"tokenizer: reusing {tokenizer_dir}", flush=True)
         else:
             emit("progress", phase="tokenizer", message="training the tokenizer", fraction=0.0)
-            cmd = [sys.executable, "-m", "openseek_nanochat.train.tokenizer", f"--data-dir={spec.dataset}",
-                   f"--out-dir={tokenizer_dir}", f"--vocab-size={spec.tokenizer.vocab_size}",
-                   f"--max-chars={spec.tokenizer.max_chars}", f"--doc-cap={spec.tokenizer.doc_cap}"]
-            rc, error = _run_child(cmd)
+            options = spec.tokenizer
+            cmd = [
+                sys.executable, "-m", "openseek_nanochat.train.tokenizer", f"--data-dir={spec.dataset}",
+                f"--out-dir={tokenizer_dir}", f"--vocab-size={options.vocab_size}", f"--max-chars={options.max_chars}",
+                f"--doc-cap={options.doc_cap}",
+            ]  # fmt: skip
+            rc, error = procs.stream(cmd, failure=_error_reason)
             if rc != 0:
                 raise InputError(error or f"tokenizer training failed (exit code {rc})", where="tokenizer")
 
     emit("progress", phase="train", message="starting torchrun", step=0, num_iterations=spec.num_iterations)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.nproc_per_node}",
-           "-m", "openseek_nanochat.train.builtin.trainer", *train_flags(spec, tokenizer_dir, run_dir, events)]
-    rc, error = _run_child(cmd)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.nproc_per_node}",
+        "-m", "openseek_nanochat.train.builtin.trainer", *train_flags(spec, tokenizer_dir, run_dir, events),
+    ]  # fmt: skip
+    rc, error = procs.stream(cmd, failure=_error_reason)
     if rc != 0:
         raise RuntimeError(f"training failed (torchrun exit code {rc})" + (f": {error}" if error else ""))
 
-    checkpoint_dir = run_dir / "checkpoints"
-    meta = last_checkpoint_meta(checkpoint_dir) or {}
+    checkpoint_dir = run_dir / checkpoints.SUBDIR
+    step = checkpoints.last_complete_step(checkpoint_dir, spec.nproc_per_node)
+    meta = (checkpoints.read_meta(checkpoint_dir, step) if step is not None else None) or {}
     result = {
         "run_dir": str(run_dir),
         "tokenizer_dir": str(tokenizer_dir),
@@ -240,5 +220,5 @@ def run(spec: TrainSpec, job_dir, events: bool = True) -> dict:
     return result
 
 
-def _emitter(on: bool):
+def _emitter(on: bool) -> Callable[..., None]:
     return emit_event if on else (lambda *args, **kwargs: None)

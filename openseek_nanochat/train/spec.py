@@ -1,21 +1,33 @@
 """The training spec: the body of POST /jobs/train, the file `openseek-nanochat train` reads, what the job runs.
 
-Fields are named like nanochat's `scripts.base_train` flags (dashes become underscores). Unknown fields are errors.
+Fields are named like nanochat's `scripts.base_train` flags (dashes become underscores); TRAINER_FLAGS says which field
+sets which flag of either trainer. Unknown fields are errors.
 """
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Discriminator, Field, Tag, model_validator
 
-from openseek_nanochat.convert.spec import StrictModel
+from openseek_nanochat.convert.spec import MAX_CHARS, Seed, StrictModel
+
+# Upper bounds stop absurd values at the door (see convert/spec.py); each is far above any real run.
+MAX_STEPS = 10**9
+MAX_TOKENS = 2**50  # tokens per step or per evaluation
+MAX_LR = 100.0
 
 
 class TrainTokenizer(StrictModel):
     """Train a BPE tokenizer on the dataset's train shards (nanochat's tok_train)."""
 
-    vocab_size: int = Field(default=32768, ge=265, description="Including nanochat's 9 special tokens (nanochat: 32768).")
-    max_chars: int = Field(default=2_000_000_000, gt=0, description="Train on about this many characters (nanochat: 2B).")
-    doc_cap: int = Field(default=10_000, gt=0, description="Crop each document to this many characters first.")
+    vocab_size: int = Field(
+        default=32768, ge=265, le=2**20, description="Including nanochat's 9 special tokens (nanochat: 32768)."
+    )
+    max_chars: int = Field(
+        default=2_000_000_000, gt=0, le=MAX_CHARS, description="Train on about this many characters (nanochat: 2B)."
+    )
+    doc_cap: int = Field(
+        default=10_000, gt=0, le=10**9, description="Crop each document to this many characters first."
+    )
     trainer: Literal["openseek", "nanochat"] = Field(
         default="openseek", description="'nanochat': the checkout's own scripts.tok_train (backend 'nanochat' only)."
     )
@@ -34,9 +46,32 @@ def _tokenizer_kind(value) -> str:
 
 
 TokenizerChoice = Annotated[
-    Union[Annotated[TrainTokenizer, Tag("train")], Annotated[ReuseTokenizer, Tag("reuse")]],
+    Annotated[TrainTokenizer, Tag("train")] | Annotated[ReuseTokenizer, Tag("reuse")],
     Discriminator(_tokenizer_kind),
 ]
+
+
+# The trainer flags a spec field sets, the same for both trainers (the builtin trainer's flags are base_train's).
+TRAINER_FLAGS = {
+    "--device-type": "device",
+    "--depth": "depth",
+    "--aspect-ratio": "aspect_ratio",
+    "--head-dim": "head_dim",
+    "--max-seq-len": "max_seq_len",
+    "--num-iterations": "num_iterations",
+    "--device-batch-size": "device_batch_size",
+    "--total-batch-size": "total_batch_size",
+    "--embedding-lr": "embedding_lr",
+    "--unembedding-lr": "unembedding_lr",
+    "--matrix-lr": "matrix_lr",
+    "--weight-decay": "weight_decay",
+    "--warmup-steps": "warmup_steps",
+    "--warmdown-ratio": "warmdown_ratio",
+    "--final-lr-frac": "final_lr_frac",
+    "--eval-every": "eval_every",
+    "--eval-tokens": "eval_tokens",
+    "--save-every": "save_every",
+}
 
 
 class TrainSpec(StrictModel):
@@ -44,7 +79,8 @@ class TrainSpec(StrictModel):
 
     dataset: str = Field(description="A convert job id, or a directory of nanochat shards (the last is validation).")
     backend: Literal["builtin", "nanochat"] = Field(
-        default="builtin", description="builtin: this project's GPT trainer; nanochat: a nanochat checkout's base_train."
+        default="builtin",
+        description="builtin: this project's GPT trainer; nanochat: a nanochat checkout's base_train.",
     )
     tokenizer: TokenizerChoice = Field(
         default_factory=TrainTokenizer,
@@ -52,31 +88,38 @@ class TrainSpec(StrictModel):
     )
 
     depth: int = Field(default=20, ge=1, le=128, description="Transformer layers; width = depth * aspect_ratio.")
-    aspect_ratio: int = Field(default=64, ge=1)
-    head_dim: int = Field(default=128, ge=8)
-    max_seq_len: int = Field(default=2048, ge=8, description="Context length in tokens.")
-    device_batch_size: int = Field(default=32, ge=1, description="Sequences per rank per micro-batch.")
+    aspect_ratio: int = Field(default=64, ge=1, le=1024)
+    head_dim: int = Field(default=128, ge=8, le=1024)
+    max_seq_len: int = Field(default=2048, ge=8, le=2**20, description="Context length in tokens.")
+    device_batch_size: int = Field(default=32, ge=1, le=2**16, description="Sequences per rank per micro-batch.")
     total_batch_size: int | None = Field(
-        default=None, ge=1,
+        default=None, ge=1, le=MAX_TOKENS,
         description="Tokens per optimizer step, a multiple of device_batch_size * max_seq_len * nproc_per_node "
         "(gradients accumulate over the micro-batches). Default: exactly one micro-batch per rank.",
     )
-    num_iterations: int = Field(ge=1, description="Optimizer steps.")
-    eval_every: int = Field(default=250, description="Validation bits per byte every N steps and at the end (-1: only at the end).")
-    eval_tokens: int = Field(default=20 * 524288, ge=1, description="Validation tokens per evaluation (all ranks).")
-    save_every: int = Field(default=-1, description="Checkpoint every N steps and at the end (-1: only at the end).")
+    num_iterations: int = Field(ge=1, le=MAX_STEPS, description="Optimizer steps.")
+    eval_every: int = Field(
+        default=250, le=MAX_STEPS,
+        description="Validation bits per byte every N steps and at the end (-1: only at the end).",
+    )
+    eval_tokens: int = Field(
+        default=20 * 524288, ge=1, le=MAX_TOKENS, description="Validation tokens per evaluation (all ranks)."
+    )
+    save_every: int = Field(
+        default=-1, le=MAX_STEPS, description="Checkpoint every N steps and at the end (-1: only at the end)."
+    )
 
-    embedding_lr: float = Field(default=0.3, gt=0)
-    unembedding_lr: float = Field(default=0.008, gt=0)
-    matrix_lr: float = Field(default=0.02, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    warmup_steps: int = Field(default=40, ge=0)
+    embedding_lr: float = Field(default=0.3, gt=0, le=MAX_LR)
+    unembedding_lr: float = Field(default=0.008, gt=0, le=MAX_LR)
+    matrix_lr: float = Field(default=0.02, gt=0, le=MAX_LR)
+    weight_decay: float = Field(default=0.0, ge=0, le=MAX_LR)
+    warmup_steps: int = Field(default=40, ge=0, le=MAX_STEPS)
     warmdown_ratio: float = Field(default=0.65, ge=0, le=1)
     final_lr_frac: float = Field(default=0.05, ge=0, le=1)
 
     nproc_per_node: int = Field(default=1, ge=1, le=64, description="Ranks (processes) on this machine.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 42
+    seed: Seed = 42
     compile: Literal["auto", "on", "off"] = Field(default="auto", description="torch.compile (auto: on CUDA only).")
 
     # the nanochat backend
@@ -86,7 +129,9 @@ class TrainSpec(StrictModel):
     )
     extra_args: list[str] = Field(default_factory=list, description="More base_train flags (backend 'nanochat').")
     run: str | None = Field(default=None, description="wandb run name (backend 'nanochat'); unset: wandb off.")
-    model_tag: str | None = Field(default=None, description="Checkpoint dir name (backend 'nanochat'; default d<depth>).")
+    model_tag: str | None = Field(
+        default=None, description="Checkpoint dir name (backend 'nanochat'; default d<depth>)."
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -116,7 +161,9 @@ class TrainSpec(StrictModel):
     @model_validator(mode="after")
     def _consistent(self):
         if getattr(self.tokenizer, "trainer", "openseek") == "nanochat" and self.backend != "nanochat":
-            raise ValueError("tokenizer.trainer 'nanochat' runs a nanochat checkout's tok_train: it needs backend 'nanochat'")
+            raise ValueError(
+                "tokenizer.trainer 'nanochat' runs a nanochat checkout's tok_train: it needs backend 'nanochat'"
+            )
         micro = self.tokens_per_micro_batch
         if self.total_batch_size is not None and self.total_batch_size % micro:
             lower = max(micro, self.total_batch_size // micro * micro)
@@ -126,7 +173,9 @@ class TrainSpec(StrictModel):
                 f"use e.g. {lower:,} or {lower + micro:,}"
             )
         if self.eval_tokens < micro:
-            raise ValueError(f"eval_tokens {self.eval_tokens:,} is less than one micro-batch on all ranks ({micro:,} tokens)")
+            raise ValueError(
+                f"eval_tokens {self.eval_tokens:,} is less than one micro-batch on all ranks ({micro:,} tokens)"
+            )
         if self.eval_every == 0 or self.eval_every < -1:
             raise ValueError("eval_every must be a positive number of steps, or -1 (only at the end)")
         if self.save_every == 0 or self.save_every < -1:
@@ -140,3 +189,10 @@ class TrainSpec(StrictModel):
 
     def total_tokens_per_step(self) -> int:
         return self.total_batch_size or self.tokens_per_micro_batch
+
+    def trainer_flags(self) -> dict[str, object]:
+        """TRAINER_FLAGS with this spec's values, where the spec's meaning needs no translation for either trainer."""
+        values = {flag: getattr(self, field) for flag, field in TRAINER_FLAGS.items()}
+        values["--device-type"] = "" if self.device == "auto" else self.device  # "": the trainer picks the device
+        values["--total-batch-size"] = self.total_tokens_per_step()  # the spec's default, not a trainer's auto-sizing
+        return values

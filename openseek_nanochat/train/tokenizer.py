@@ -3,18 +3,23 @@
 A tokenizer directory holds exactly what nanochat's `scripts.tok_train` writes, so any nanochat checkout can use it:
   tokenizer.pkl    a pickled `tiktoken.Encoding` (name "rustbpe"): the learned merges, then the 9 special tokens
   token_bytes.pt   an int32 tensor with the byte length of every token id, 0 for the special tokens (for bits per byte)
+Both are written atomically, token_bytes.pt first: a directory with tokenizer.pkl is complete. `get_tokenizer` and
+`get_token_bytes` read nanochat's own tokenizer dir (nanochat/layout.py), as nanochat's functions of those names do.
 
 Run as `python -m openseek_nanochat.train.tokenizer --data-dir SHARDS --out-dir DIR --vocab-size N` (a train job does).
 """
 
 import argparse
-import os
 import pickle
 import sys
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+
+from openseek_nanochat.atomic import write_atomic
+from openseek_nanochat.convert.shards import list_shards
+from openseek_nanochat.train.nanochat import layout
 
 # nanochat's special tokens, in nanochat's order; they take the top ids, right after the learned merges.
 SPECIAL_TOKENS = [
@@ -97,7 +102,9 @@ def build_encoding(mergeable_ranks: dict[bytes, int], pattern: str = SPLIT_PATTE
 
     offset = len(mergeable_ranks)
     special_tokens = {name: offset + i for i, name in enumerate(SPECIAL_TOKENS)}
-    return tiktoken.Encoding(name="rustbpe", pat_str=pattern, mergeable_ranks=mergeable_ranks, special_tokens=special_tokens)
+    return tiktoken.Encoding(
+        name="rustbpe", pat_str=pattern, mergeable_ranks=mergeable_ranks, special_tokens=special_tokens
+    )
 
 
 def train_encoding(texts, vocab_size: int):
@@ -128,15 +135,6 @@ def token_byte_lengths(enc) -> list[int]:
     return [0 if i in special_ids else len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)]
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save(enc, tokenizer_dir) -> None:
     """Write token_bytes.pt, then tokenizer.pkl: a directory with tokenizer.pkl is complete."""
     import torch
@@ -144,8 +142,8 @@ def save(enc, tokenizer_dir) -> None:
     tokenizer_dir = Path(tokenizer_dir)
     tokenizer_dir.mkdir(parents=True, exist_ok=True)
     token_bytes = torch.tensor(token_byte_lengths(enc), dtype=torch.int32)
-    _atomic_write(tokenizer_dir / TOKEN_BYTES_FILE, lambda f: torch.save(token_bytes, f))
-    _atomic_write(tokenizer_dir / TOKENIZER_FILE, lambda f: pickle.dump(enc, f))
+    write_atomic(tokenizer_dir / TOKEN_BYTES_FILE, lambda f: torch.save(token_bytes, f))
+    write_atomic(tokenizer_dir / TOKENIZER_FILE, lambda f: pickle.dump(enc, f))
 
 
 def is_complete(tokenizer_dir) -> bool:
@@ -166,9 +164,8 @@ def load_token_bytes(tokenizer_dir, device="cpu"):
 
 
 def nanochat_tokenizer_dir() -> Path:
-    """Where nanochat looks: $NANOCHAT_BASE_DIR/tokenizer, default ~/.cache/nanochat/tokenizer."""
-    base = os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
-    return Path(base) / "tokenizer"
+    """Where nanochat looks: <nanochat's base dir>/tokenizer."""
+    return layout.base_dir() / layout.TOKENIZER_SUBDIR
 
 
 def get_tokenizer() -> Tokenizer:
@@ -180,8 +177,8 @@ def get_token_bytes(device="cpu"):
 
 
 def train_shard_paths(data_dir) -> list[Path]:
-    """The train shards of a nanochat shard dir: every *.parquet but the last (the validation shard)."""
-    paths = sorted(p for p in Path(data_dir).iterdir() if p.name.endswith(".parquet"))
+    """The train shards of a nanochat shard dir: every shard but the last (the validation shard)."""
+    paths = list_shards(data_dir)
     if len(paths) < 2:
         raise ValueError(f"{data_dir}: need at least 2 parquet shards (train shards, then the validation shard last)")
     return paths[:-1]

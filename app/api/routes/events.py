@@ -1,32 +1,30 @@
 """/jobs/{id}/events: a job's changes as Server-Sent Events; and the streaming form of /jobs/{id}/logs (follow).
 
-Both poll the job's row and log (see app/jobwatch.py) for as long as the client listens and the job runs. With an API
+Both poll the job's row and log (app/jobs/watch.py) for as long as the client listens and the job runs. With an API
 token they need the `Authorization: Bearer` header like every endpoint, never a token in the URL, where access logs
 would keep it: browsers' EventSource cannot send headers, so the dashboard reads the stream with fetch.
 """
 
 import json
+import re
 import signal
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
-from fastapi import Path as PathParam
+from fastapi import APIRouter, Header, HTTPException, Query
 from fastapi.responses import StreamingResponse
+from sqlalchemy import Engine
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import AppStatus
-from sqlalchemy import Engine
 
 from openseek_nanochat.settings import Settings
 
-from app.jobs import files as jobfiles
-
-from app.jobs import watch as jobwatch
-
-from app.jobs import store
-from app.api.deps import EngineDep, SettingsDep
-from app.jobs.models import FINISHED
+from app.api.deps import EngineDep, JobId, SettingsDep
 from app.api.schemas import ErrorDetail, JobRead
+from app.jobs import files as jobfiles
+from app.jobs import store
+from app.jobs import watch as jobwatch
+from app.jobs.models import FINISHED
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -39,6 +37,7 @@ EVENTS_DOC = {
         "description": "`text/event-stream`: `state`, `progress`, `log` and `end` events.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
+    400: {"model": ErrorDetail, "description": "`Last-Event-ID` is not an event id of this stream."},
     404: {"model": ErrorDetail, "description": "No such job."},
 }
 
@@ -47,11 +46,21 @@ def _job_json(job) -> str:
     return JobRead.of(job).model_dump_json()
 
 
+# An event id is a byte offset of the log: ASCII digits that fit a signed 64-bit integer (`isdigit` would also take
+# '²', which `int` refuses).
+_EVENT_ID = re.compile(r"[0-9]{1,19}")
+MAX_EVENT_ID = 2**63 - 1
+
+
 def _start_offset(last_event_id: str | None, offset: int) -> int:
-    """Resume after the last event the client saw; a garbled id counts as none."""
-    if last_event_id and last_event_id.strip().isdigit():
-        return int(last_event_id.strip())
-    return offset
+    """Resume after the last event the client saw; an empty id counts as none (EventSource sends none then)."""
+    if not last_event_id:
+        return offset
+    if not _EVENT_ID.fullmatch(last_event_id) or int(last_event_id) > MAX_EVENT_ID:
+        raise HTTPException(
+            400, f"Last-Event-ID must be the id of an event of this stream: a byte offset, 0 to {MAX_EVENT_ID}"
+        )
+    return int(last_event_id)
 
 
 def _server_stopping() -> bool:
@@ -63,7 +72,8 @@ def _server_stopping() -> bool:
 
 def _watch(engine: Engine, settings: Settings, job_id: str, offset: int) -> AsyncIterator[jobwatch.Update]:
     interval = jobwatch.poll_interval(settings.poll_seconds)
-    return jobwatch.watch(engine, jobfiles.jobs_root(settings), job_id, offset, interval, _server_stopping)
+    folder = jobfiles.job_dir(settings, job_id)
+    return jobwatch.watch(engine, job_id, folder, offset, interval, _server_stopping)
 
 
 async def _job_events(engine: Engine, settings: Settings, job_id: str, offset: int) -> AsyncIterator[ServerSentEvent]:
@@ -85,13 +95,19 @@ async def _job_events(engine: Engine, settings: Settings, job_id: str, offset: i
         yield ServerSentEvent(_job_json(last), event="end", id=position)
 
 
-@router.get("/{job_id}/events", summary="Follow a job: state, progress and log as Server-Sent Events", responses=EVENTS_DOC)
+@router.get(
+    "/{job_id}/events", summary="Follow a job: state, progress and log as Server-Sent Events", responses=EVENTS_DOC
+)
 async def job_events(
-    job_id: Annotated[str, PathParam(max_length=64, description="The job's id, as returned on submit.")],
+    job_id: JobId,
     engine: EngineDep,
     settings: SettingsDep,
-    last_event_id: Annotated[str | None, Header(max_length=32, description="Resume after this event.")] = None,
-    offset: Annotated[int, Query(ge=0, le=2**62, description="Start the log at this byte (default: its beginning).")] = 0,
+    last_event_id: Annotated[
+        str | None, Header(description="Resume after this event: the `id` of the last event received.")
+    ] = None,
+    offset: Annotated[
+        int, Query(ge=0, le=2**62, description="Start the log at this byte (default: its beginning).")
+    ] = 0,
 ) -> EventSourceResponse:
     """Events, each with `id` = the byte offset of the log sent so far:
 

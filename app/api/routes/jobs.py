@@ -1,35 +1,25 @@
-"""/jobs: submit, list, read, cancel, delete; and a job's manifest, log and metrics."""
+"""/jobs: submit, list, read, cancel, delete; and a job's manifest, log and metrics.
 
-import hashlib
-import json
-import shutil
-from pathlib import Path
+The handlers translate between HTTP and app/jobs/ (service.py, store.py, files.py), where what they do lives.
+"""
+
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi import Path as PathParam
-from pydantic import BaseModel
 
-from openseek_nanochat.errors import InputError
-from openseek_nanochat.paths import PathPolicyError, check_output_path
-from openseek_nanochat.settings import Settings
-
-from app.jobs import files as jobfiles
-
-from app.jobs import store
-from app.jobs.db import read_for_async
-from app.api.deps import EngineDep, SettingsDep
-from app.api.errors import spec_error
-from app.jobs.kinds import KINDS, PLANNED, JobKind
-from app.jobs.models import FINISHED, Job, JobState, new_job_id
-from app.api.schemas import Deleted, ErrorDetail, JobList, JobRead, LogChunk, ValidationErrors
+from app.api.bodies import JSONBodyRoute
+from app.api.deps import EngineDep, JobId, SettingsDep
 from app.api.routes.events import follow_log
+from app.api.schemas import Deleted, ErrorDetail, JobList, JobRead, LogChunk, ValidationErrors
+from app.jobs import files as jobfiles
+from app.jobs import service, store
+from app.jobs.db import read_for_async
+from app.jobs.kinds import KINDS, JobKind
+from app.jobs.models import FINISHED, JobState
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=JSONBodyRoute)
 
-JobId = Annotated[str, PathParam(max_length=64, description="The job's id, as returned on submit.")]
-KindName = Literal[tuple(sorted({*KINDS, *PLANNED}))]  # type: ignore[valid-type]
+KindName = Literal[tuple(sorted(KINDS))]  # type: ignore[valid-type]
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -42,74 +32,18 @@ IdempotencyKey = Annotated[
 NOT_FOUND = {404: {"model": ErrorDetail, "description": "No such job."}}
 CONFLICT = {409: {"model": ErrorDetail, "description": "The job is not in a state that allows this."}}
 SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    202: {"description": "Accepted and queued. `Location` names the job.", "headers": {"Location": {"schema": {"type": "string"}}}},
+    202: {
+        "description": "Accepted and queued. `Location` names the job.",
+        "headers": {"Location": {"schema": {"type": "string"}}},
+    },
     409: {
         "model": ErrorDetail,
         "description": "The Idempotency-Key was used before for a different spec, or an unfinished job writes to the "
-        "same output folder.",
+        "same output folder, or to one inside or above it.",
     },
     413: {"model": ErrorDetail, "description": "The body is larger than the server accepts."},
     422: {"model": ValidationErrors, "description": "The spec is wrong: what and where is in `detail`."},
 }
-
-
-def _request_hash(kind: str, spec: BaseModel) -> str:
-    canonical = json.dumps({"kind": kind, "spec": spec.model_dump(mode="json")}, sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _accepted(job: Job, response: Response, replayed: bool) -> JobRead:
-    response.headers["Location"] = f"/jobs/{job.id}"
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return JobRead.of(job)
-
-
-def _replay(job: Job, key: str, request_hash: str, response: Response) -> JobRead:
-    if job.request_hash != request_hash:
-        raise store.Conflict(
-            f"Idempotency-Key {key!r} was already used for a different request (job {job.id}); use a new key"
-        )
-    return _accepted(job, response, replayed=True)
-
-
-def _job_writing_to(engine, folders: list[str], other_than: str | None = None) -> Job | None:
-    """An unfinished job whose outputs include one of `folders`: two jobs must not write one folder at once."""
-    for job in store.unfinished_jobs(engine):
-        kind = KINDS.get(job.kind)
-        if job.id != other_than and kind is not None and set(kind.outputs(job.spec, job.id)) & set(folders):
-            return job
-    return None
-
-
-def submit(kind: JobKind, spec: BaseModel, key: str | None, settings: Settings, engine, response: Response) -> JobRead:
-    request_hash = _request_hash(kind.name, spec)
-    if key is not None and (existing := store.find_by_idempotency_key(engine, key)) is not None:
-        return _replay(existing, key, request_hash, response)
-    job_id = new_job_id()
-    try:
-        prepared = kind.prepare(spec, settings, job_id, engine)
-    except (InputError, ValueError, OSError) as error:  # PathPolicyError is a ValueError
-        raise spec_error(error) from error
-    prepared_spec = prepared.model_dump(mode="json")
-    outputs = kind.outputs(prepared_spec, job_id)
-    if (busy := _job_writing_to(engine, outputs)) is not None:
-        raise store.Conflict(f"job {busy.id} ({busy.state}) already writes to {', '.join(outputs)}; wait for it, "
-                             f"cancel it, or choose another name or output_dir")
-    job = store.create_job(
-        engine,
-        Job(
-            id=job_id,
-            kind=kind.name,
-            state=JobState.queued,
-            spec=prepared_spec,
-            idempotency_key=key,
-            request_hash=request_hash,
-        ),
-    )
-    if job.id != job_id:  # the same key won a race with this request
-        return _replay(job, key or "", request_hash, response)
-    return _accepted(job, response, replayed=False)
 
 
 def _submit_endpoint(kind: JobKind):
@@ -120,35 +54,26 @@ def _submit_endpoint(kind: JobKind):
         engine: EngineDep,
         idempotency_key: IdempotencyKey = None,
     ) -> JobRead:
-        return submit(kind, spec, idempotency_key, settings, engine, response)
+        job, replayed = service.submit(engine, settings, kind, spec, idempotency_key)
+        response.headers["Location"] = f"/jobs/{job.id}"
+        if replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        return JobRead.of(job)
 
     submit_job.__doc__ = f"{kind.summary}. The job is queued; poll `GET /jobs/{{id}}` for its state and progress."
     return submit_job
 
 
-def _planned_endpoint(reason: str):
-    def submit_job(spec: Annotated[dict[str, Any], Body()]) -> JobRead:
-        raise RequestValidationError([{"type": "unavailable", "loc": ["body"], "msg": reason}])
-
-    submit_job.__doc__ = f"Not available yet: {reason}."
-    return submit_job
-
-
-_SUBMIT_ROUTES = [(kind.name, _submit_endpoint(kind), kind.summary, SUBMIT_RESPONSES) for kind in KINDS.values()] + [
-    (name, _planned_endpoint(reason), f"Submit a {name} job (not available yet)", {422: SUBMIT_RESPONSES[422]})
-    for name, reason in PLANNED.items()
-    if name not in KINDS
-]
-for _name, _endpoint, _summary, _responses in _SUBMIT_ROUTES:
+for _kind in KINDS.values():
     router.add_api_route(
-        f"/{_name}",
-        _endpoint,
+        f"/{_kind.name}",
+        _submit_endpoint(_kind),
         methods=["POST"],
         status_code=202,
         response_model=JobRead,
-        summary=_summary,
-        responses=_responses,
-        operation_id=f"submit_{_name}",
+        summary=_kind.summary,
+        responses=SUBMIT_RESPONSES,
+        operation_id=f"submit_{_kind.name}",
     )
 
 
@@ -186,26 +111,16 @@ def delete_job(
     job_id: JobId,
     engine: EngineDep,
     settings: SettingsDep,
-    purge: Annotated[bool, Query(description="Also remove what the job wrote (e.g. the shards).")] = False,
+    purge: Annotated[
+        bool, Query(description="Also remove the outputs the job owns (e.g. the shards its manifest names it for).")
+    ] = False,
 ) -> Deleted:
-    """Removes the job and its log. Only finished jobs (succeeded, failed, cancelled) can be deleted."""
-    existing = store.get_job(engine, job_id)
-    kind = KINDS.get(existing.kind)
-    outputs = kind.outputs(existing.spec, existing.id) if purge and kind is not None else []
-    if outputs and (busy := _job_writing_to(engine, outputs, other_than=job_id)) is not None:
-        raise store.Conflict(f"job {busy.id} ({busy.state}) writes to {', '.join(outputs)} now; not purging it")
-    job = store.delete_job(engine, job_id)
-    folders = [jobfiles.job_dir(settings, job.id), *map(Path, outputs)]
-    removed = []
-    for folder in folders:
-        try:
-            folder = check_output_path(folder, settings)  # never remove anything outside the data dir
-        except PathPolicyError:
-            continue
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(str(folder))
-    return Deleted(id=job.id, removed=removed)
+    """Removes the job and its log. Only finished jobs (succeeded, failed, cancelled) can be deleted. With `purge`, a
+    dataset goes only when its manifest names this job as owner (the job that created it, or that finished it after
+    an interrupted run); others stay and are listed in `kept` with the reason. 409 while an unfinished job writes
+    the folder or reads from it."""
+    job, removed, kept = service.delete(engine, settings, job_id, purge)
+    return Deleted(id=job.id, removed=removed, kept=kept)
 
 
 @router.get(
@@ -215,23 +130,16 @@ def delete_job(
 )
 def get_manifest(job_id: JobId, engine: EngineDep) -> dict[str, Any]:
     """The `manifest.json` the job wrote (shards with rows, characters, bytes, sha256), plus `output_dir`."""
-    job = store.get_job(engine, job_id)
-    kind = KINDS.get(job.kind)
-    path = kind.manifest(job.spec) if kind else None
-    if path is None:
-        raise store.NotFound(f"{job.kind} jobs have no manifest")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        why = "it is still queued" if job.state == JobState.queued else f"it is {job.state}"
-        raise store.NotFound(f"job {job.id} has no manifest yet ({why}); expected at {path}") from None
-    return {**manifest, "output_dir": str(path.parent)}
+    return service.read_manifest(engine, job_id)
 
 
 @router.get(
     "/{job_id}/logs",
     summary="A job's output, incrementally",
-    responses={**NOT_FOUND, 200: {"content": {"text/plain": {}}, "description": "JSON; with `follow=true`, plain text."}},
+    responses={
+        **NOT_FOUND,
+        200: {"content": {"text/plain": {}}, "description": "JSON; with `follow=true`, plain text."},
+    },
 )
 def get_logs(
     job_id: JobId,

@@ -1,8 +1,8 @@
 """/metrics: the service in Prometheus' text format: jobs by kind and state, workers and their heartbeats, what
 conversions and trainings have done.
 
-Everything is read from the database at scrape time, so any API process answers the same. Totals add up the jobs
-still in the database: deleting jobs lowers them, which Prometheus takes as a counter reset.
+The numbers come from app/jobs/stats.py and the workers table at scrape time; this module only names and renders
+them. Totals falling (jobs deleted) is what Prometheus takes as a counter reset.
 """
 
 import math
@@ -11,15 +11,13 @@ from dataclasses import dataclass, field
 
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
-from sqlalchemy import Engine, func
-from sqlmodel import col, select
+from sqlalchemy import Engine
 
-from app.jobs import store
-from app.jobs.db import reading
 from app.api.deps import EngineDep, SettingsDep
-from app.jobs.kinds import KINDS, PLANNED
-from app.jobs.models import OWNED, Job, JobState
 from app.api.schemas import WorkerRead
+from app.jobs import stats, store
+from app.jobs.kinds import KINDS
+from app.jobs.models import JobState
 
 router = APIRouter(tags=["system"])
 
@@ -62,10 +60,8 @@ def render(metrics: Iterable[Metric]) -> str:
 
 def _job_counts(engine: Engine) -> list[Metric]:
     jobs = Metric("openseek_jobs", "gauge", "Jobs in the database, by kind and state.")
-    with reading(engine) as session:
-        rows = session.exec(select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)).all()
-    counts = {(kind, str(JobState(state).value)): n for kind, state, n in rows}
-    kinds = sorted({*KINDS, *PLANNED, *(kind for kind, _ in counts)})
+    counts = stats.job_counts(engine)
+    kinds = sorted({*KINDS, *(kind for kind, _ in counts)})
     for kind in kinds:
         for state in JobState:
             jobs.add(counts.get((kind, state.value), 0), kind=kind, state=state.value)
@@ -88,61 +84,37 @@ def _workers(engine: Engine, lease_seconds: float) -> list[Metric]:
 
 
 def _conversion(engine: Engine) -> list[Metric]:
-    progress, result = col(Job.progress), col(Job.result)
-    with reading(engine) as session:
-        docs, chars, shard_bytes = session.exec(
-            select(
-                func.coalesce(func.sum(progress["docs"].as_integer()), 0),
-                func.coalesce(func.sum(progress["chars"].as_integer()), 0),
-                func.coalesce(func.sum(result["bytes"].as_integer()), 0),
-            ).where(Job.kind == "convert")
-        ).one()
-        running = session.exec(
-            select(Job.id, progress["fraction"].as_float(), progress["rate"].as_float()).where(
-                Job.kind == "convert", col(Job.state).in_(OWNED)
-            )
-        ).all()
+    done = stats.conversions(engine)
     fraction = Metric("openseek_convert_progress_ratio", "gauge", "How far each running conversion is (0..1).")
     rate = Metric("openseek_convert_docs_per_second", "gauge", "Documents per second of each running conversion.")
-    for job_id, job_fraction, job_rate in running:
+    for job_id, job_fraction, job_rate in done.running:
         fraction.add(job_fraction, job=job_id)
         rate.add(job_rate, job=job_id)
     return [
-        _single("openseek_convert_docs_total", "counter", "Documents written by convert jobs (running ones so far).", docs),
-        _single("openseek_convert_chars_total", "counter", "Characters written by convert jobs (running ones so far).", chars),
-        _single("openseek_convert_shard_bytes_total", "counter", "Bytes of parquet shards of finished convert jobs.", shard_bytes),
+        _single("openseek_convert_docs_total", "counter", "Documents written by convert jobs (running ones so far).",
+                done.docs),
+        _single("openseek_convert_chars_total", "counter", "Characters written by convert jobs (running ones so far).",
+                done.chars),
+        _single("openseek_convert_shard_bytes_total", "counter", "Bytes of parquet shards of finished convert jobs.",
+                done.shard_bytes),
         fraction,
         rate,
     ]
 
 
-def tokens_per_step(spec: dict) -> int:
-    """Tokens in one optimizer step: the spec's total batch, or by default one micro-batch on each rank."""
-    if spec.get("total_batch_size"):
-        return int(spec["total_batch_size"])
-    return int(spec.get("device_batch_size") or 0) * int(spec.get("max_seq_len") or 0) * int(spec.get("nproc_per_node") or 1)
-
-
 def _training(engine: Engine) -> list[Metric]:
-    with reading(engine) as session:
-        rows = session.exec(select(Job.id, Job.state, Job.spec, Job.progress).where(Job.kind == "train")).all()
+    done = stats.trainings(engine)
     steps = Metric("openseek_train_steps_total", "counter", "Optimizer steps done by train jobs (running ones so far).")
     tokens = Metric("openseek_train_tokens_total", "counter", "Tokens trained on by train jobs (steps x tokens per step).")
     speed = Metric("openseek_train_tokens_per_second", "gauge", "Training throughput of each running train job.")
     loss = Metric("openseek_train_loss", "gauge", "Latest training loss of each running train job.")
     val_bpb = Metric("openseek_train_val_bpb", "gauge", "Latest validation bits per byte of each running train job.")
-    total_steps = total_tokens = 0
-    for job_id, state, spec, progress in rows:
-        progress = progress or {}
-        step = progress.get("step") if isinstance(progress.get("step"), int) else 0
-        total_steps += step
-        total_tokens += step * tokens_per_step(spec or {})
-        if state in OWNED:
-            speed.add(progress.get("tok_per_sec"), job=job_id)
-            loss.add(progress.get("loss"), job=job_id)
-            val_bpb.add(progress.get("val_bpb"), job=job_id)
-    steps.add(total_steps)
-    tokens.add(total_tokens)
+    for job_id, progress in done.running:
+        speed.add(progress.get("tok_per_sec"), job=job_id)
+        loss.add(progress.get("loss"), job=job_id)
+        val_bpb.add(progress.get("val_bpb"), job=job_id)
+    steps.add(done.steps)
+    tokens.add(done.tokens)
     return [steps, tokens, speed, loss, val_bpb]
 
 

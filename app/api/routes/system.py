@@ -1,12 +1,11 @@
 """/healthz and /workers."""
 
 from fastapi import APIRouter, Depends
-from sqlalchemy import text
 
-from app.jobs import store
-from app.jobs.db import read_for_async
 from app.api.deps import EngineDep, SettingsDep, require_token
 from app.api.schemas import ErrorDetail, Health, WorkerRead
+from app.jobs import store
+from app.jobs.db import ping, read_for_async
 
 router = APIRouter(tags=["system"])
 
@@ -18,16 +17,15 @@ router = APIRouter(tags=["system"])
 )
 async def healthz(engine: EngineDep) -> Health:
     """Needs no token, so load balancers and monitors can call it. A database that does not answer is a 503."""
-    await read_for_async(engine, _select_one)
+    await read_for_async(engine, ping)
     return Health()
 
 
-def _select_one(engine) -> None:
-    with engine.connect() as connection:
-        connection.execute(text("SELECT 1"))
-
-
-@router.get("/workers", summary="The workers, what each runs, when each last heartbeated", dependencies=[Depends(require_token)])
+@router.get(
+    "/workers",
+    summary="The workers, what each runs, when each last heartbeated",
+    dependencies=[Depends(require_token)],
+)
 async def list_workers(engine: EngineDep, settings: SettingsDep) -> list[WorkerRead]:
     workers = await read_for_async(engine, store.list_workers)
     return [WorkerRead.of(worker, settings.lease_seconds) for worker in workers]

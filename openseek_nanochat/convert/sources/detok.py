@@ -19,14 +19,17 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
+from openseek_nanochat.convert.spec import HFTokenizerSpec, QwenTokenizerSpec
 from openseek_nanochat.errors import InputError
 from openseek_nanochat.paths import check_input_path
 from openseek_nanochat.settings import Settings
-from openseek_nanochat.convert.spec import HFTokenizerSpec, QwenTokenizerSpec
 
 # Qwen's special tokens, numbered right after the 151,643 byte tokens of qwen.tiktoken.
 QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", *(f"<|extra_{i}|>" for i in range(205)))
 UTF8_REPLACEMENT = "\ufffd".encode()
+# A tokenizer file is read whole, at submit too: the largest real ones (qwen.tiktoken 2.5 MB, tokenizer.json files of
+# 256k vocabularies ~35 MB) fit well; a bigger file is a mistake that must not swell the API.
+MAX_TOKENIZER_BYTES = 64 << 20
 
 
 @dataclass
@@ -158,6 +161,10 @@ def load_detokenizer(spec: QwenTokenizerSpec | HFTokenizerSpec, settings: Settin
     path = check_input_path(spec.path, settings)
     if not path.is_file():
         raise InputError("no such tokenizer file", spec.path)
+    size = path.stat().st_size
+    if size > MAX_TOKENIZER_BYTES:
+        raise InputError(f"tokenizer.path names a {size / 2**20:,.0f} MiB file; a tokenizer file may be at most "
+                         f"{MAX_TOKENIZER_BYTES >> 20} MiB", spec.path)
     if spec.type == "qwen":
         return ByteTableDetokenizer(qwen_token_bytes(path))
     return load_hf(path)

@@ -1,8 +1,9 @@
 """Megatron indexed datasets (`<prefix>.bin` + `<prefix>.idx`), detokenized back to text.
 
-Prefixes: each pattern names parts by prefix; a trailing `.idx` or `.bin` is ignored, so `/data/arxiv/007_text_document`,
-`/data/arxiv/007_text_document.bin` and `/data/arxiv/*.idx` all work. A glob is matched against the `.idx` files
-(`/data/arxiv/*` means every part in the folder), sorted, and every index found needs its `.bin` beside it.
+Prefixes: each pattern names parts by prefix; a trailing `.idx` or `.bin` is ignored, so
+`/data/arxiv/007_text_document`, `/data/arxiv/007_text_document.bin` and `/data/arxiv/*.idx` all work. A glob is
+matched against the `.idx` files (`/data/arxiv/*` means every part in the folder), sorted, and every index found needs
+its `.bin` beside it.
 
 `prefixes` become one source reading its parts in order; `data_path` (Megatron's `w1, prefix1, w2, prefix2, ...`)
 becomes one source per entry, weighted spec.weight * w_i / sum(w). Cursor: {"part": k, "doc": i}, the first document
@@ -18,18 +19,18 @@ import functools
 import glob
 import os
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import numpy as np
 
-from openseek_nanochat.convert.sources.detok import Detokenizer, load_detokenizer
-from openseek_nanochat.errors import InputError
-from openseek_nanochat.convert.sources.megatron_index import MegatronIndex, prefix_paths
-from openseek_nanochat.paths import check_input_path
-from openseek_nanochat.settings import Settings
-from openseek_nanochat.convert.spec import MegatronSource, weighted_prefixes
 from openseek_nanochat.convert.sources.base import Batch, file_fingerprint
+from openseek_nanochat.convert.sources.detok import Detokenizer, load_detokenizer
+from openseek_nanochat.convert.sources.megatron_index import MegatronIndex, prefix_paths
+from openseek_nanochat.convert.spec import MegatronSource, weighted_prefixes
+from openseek_nanochat.errors import InputError
+from openseek_nanochat.paths import check_input_path, glob_inputs
+from openseek_nanochat.settings import Settings
 
 BATCH_TOKENS = 1 << 20  # about 3-4 MB of text with the Qwen vocabulary, English or Chinese
 BATCH_DOCS = 16_384  # bounds batches of tiny documents, and how far ahead a batch is planned
@@ -49,7 +50,7 @@ def expand_prefixes(patterns: list[str], settings: Settings) -> list[str]:
         if pattern.endswith((".idx", ".bin")):
             pattern = pattern[:-4]
         if glob.has_magic(pattern):
-            found = sorted(m[:-4] for m in glob.glob(pattern + ".idx", recursive=True))
+            found = [m[:-4] for m in glob_inputs(pattern + ".idx", settings)]  # walked safely (paths.py)
             if not found:
                 raise InputError(f"no Megatron index matches {pattern + '.idx'!r}", pattern)
         else:

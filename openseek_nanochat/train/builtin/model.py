@@ -1,8 +1,8 @@
-"""The builtin GPT and its optimizers.
+"""The builtin GPT.
 
 A small modern decoder, shaped like nanochat's: rotary position embeddings (no learned positions), RMSNorm without
 parameters (after the embedding, before each sub-block and before the head), QK-norm, ReLU^2 MLP, no biases, untied
-input and output embeddings, and tanh-capped logits. Matrices train with Muon, embeddings and the head with AdamW.
+input and output embeddings, and tanh-capped logits. Its optimizers are optim.py's.
 """
 
 import math
@@ -28,7 +28,8 @@ class GPTConfig:
 def config_for_depth(depth: int, vocab_size: int, sequence_len: int, aspect_ratio: int = 64, head_dim: int = 128):
     """nanochat's sizing: width = depth * aspect_ratio, rounded up to whole heads of `head_dim`."""
     n_embd = math.ceil(depth * aspect_ratio / head_dim) * head_dim
-    return GPTConfig(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=depth, n_head=n_embd // head_dim, n_embd=n_embd)
+    n_head = n_embd // head_dim
+    return GPTConfig(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=depth, n_head=n_head, n_embd=n_embd)
 
 
 def norm(x):
@@ -107,7 +108,8 @@ class GPT(nn.Module):
     @torch.no_grad()
     def init_weights(self):
         """Embedding ~ N(0, 1); head ~ N(0, 0.001) so the first logits are near uniform; matrices uniform with
-        std 1/sqrt(width); the output projections of attention and MLP start at zero so each block starts as identity."""
+        std 1/sqrt(width); the output projections of attention and MLP start at zero so each block starts as
+        identity."""
         nn.init.normal_(self.wte.weight, std=1.0)
         nn.init.normal_(self.lm_head.weight, std=0.001)
         bound = math.sqrt(3) / math.sqrt(self.config.n_embd)
@@ -116,7 +118,8 @@ class GPT(nn.Module):
                 nn.init.uniform_(linear.weight, -bound, bound)
             nn.init.zeros_(block.attn.c_proj.weight)
             nn.init.zeros_(block.mlp.c_proj.weight)
-        cos, sin = self._rotary_tables(self.config.sequence_len, self.config.n_embd // self.config.n_head, self.cos.device)
+        head_dim = self.config.n_embd // self.config.n_head
+        cos, sin = self._rotary_tables(self.config.sequence_len, head_dim, self.cos.device)
         self.cos.copy_(cos)
         self.sin.copy_(sin)
 
@@ -130,7 +133,9 @@ class GPT(nn.Module):
         logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=loss_reduction)
+        loss = F.cross_entropy(
+            logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=loss_reduction
+        )
         return loss if loss_reduction != "none" else loss.view(B, T)
 
     def num_params(self) -> int:
@@ -141,66 +146,3 @@ class GPT(nn.Module):
         matmul_params = sum(p.numel() for p in self.blocks.parameters()) + self.lm_head.weight.numel()
         c = self.config
         return 6 * matmul_params + 12 * c.n_layer * c.n_embd * c.sequence_len
-
-    def setup_optimizers(self, embedding_lr=0.3, unembedding_lr=0.008, matrix_lr=0.02, weight_decay=0.0):
-        """AdamW for the embedding and the head (their rates scaled by 1/sqrt(width/768), as nanochat tunes them at
-        width 768), Muon for every matrix in the blocks. Each group keeps `initial_lr` for the schedule."""
-        scale = (self.config.n_embd / 768) ** -0.5
-        fused = self.wte.weight.device.type == "cuda"
-        adamw = torch.optim.AdamW(
-            [
-                {"params": [self.wte.weight], "lr": embedding_lr * scale},
-                {"params": [self.lm_head.weight], "lr": unembedding_lr * scale},
-            ],
-            betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0, fused=fused,
-        )
-        muon = Muon(list(self.blocks.parameters()), lr=matrix_lr, weight_decay=weight_decay)
-        optimizers = [adamw, muon]
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group["initial_lr"] = group["lr"]
-        return optimizers
-
-
-def orthogonalize(g, steps=5):
-    """Newton-Schulz iteration towards the nearest semi-orthogonal matrix (U V^T of g's SVD), as Muon uses it.
-
-    The quintic's coefficients trade exactness for speed: singular values land in roughly [0.7, 1.2], which is
-    what Muon needs. bf16 on GPUs; fp32 elsewhere (CPU bf16 matmuls are slow).
-    """
-    a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.bfloat16() if g.is_cuda else g.float()
-    tall = x.size(-2) > x.size(-1)
-    if tall:
-        x = x.mT
-    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
-    for _ in range(steps):
-        s = x @ x.mT
-        x = a * x + (b * s + c * s @ s) @ x
-    return x.mT if tall else x
-
-
-class Muon(torch.optim.Optimizer):
-    """Momentum, then an orthogonalized update: every direction of a weight matrix moves at the same rate.
-
-    Gradients are already averaged across ranks (DDP), so each rank computes the same update.
-    """
-
-    def __init__(self, params, lr=0.02, momentum=0.95, weight_decay=0.0, ns_steps=5):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - group["momentum"])
-                update = orthogonalize(p.grad.lerp(buf, group["momentum"]), group["ns_steps"])  # Nesterov
-                aspect = max(1.0, p.size(-2) / p.size(-1)) ** 0.5
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update.to(p.dtype), alpha=-group["lr"] * aspect)

@@ -1,13 +1,14 @@
-"""Train the builtin GPT on nanochat shards, one process per device:
+"""Train the builtin GPT (model.py, optimizers in optim.py) on nanochat shards, one process per device:
 
-    torchrun --standalone --nproc_per_node=N -m openseek_nanochat.train.builtin.trainer --data-dir SHARDS --tokenizer-dir TOK \\
-        --run-dir RUN --depth 12 --num-iterations 1000
+    torchrun --standalone --nproc_per_node=N -m openseek_nanochat.train.builtin.trainer \\
+        --data-dir SHARDS --tokenizer-dir TOK --run-dir RUN --depth 12 --num-iterations 1000
 
-Flags are named like nanochat's `scripts.base_train`. Gradients accumulate up to --total-batch-size tokens per step;
-the learning rate warms up linearly, holds, then decays linearly to --final-lr-frac. Validation bits per byte is
-measured every --eval-every steps, a checkpoint written every --save-every steps and at the end. Started again with
-the same run dir, training continues from the last complete checkpoint exactly where it stopped: same weights,
-optimizer state, schedule position and data.
+Flags are named like nanochat's `scripts.base_train` (train/job.py builds them from the spec). Gradients accumulate up
+to --total-batch-size tokens per step; the learning rate warms up linearly, holds, then decays linearly to
+--final-lr-frac. Validation bits per byte is measured every --eval-every steps, a checkpoint (checkpoints.py's files,
+under <run-dir>/checkpoints) written every --save-every steps and at the end. Started again with the same run dir,
+training continues from the last complete checkpoint exactly where it stopped: same weights, optimizer state, schedule
+position and data. A rank whose torchrun is gone exits (procs.exit_with_parent).
 
 Rank 0 prints nanochat-style step lines and writes <run-dir>/metrics.jsonl, one object per step:
 {step, loss, lr, dt_ms, tok_per_sec, mfu, val_bpb} (null where a step has no value; step 0 is the first evaluation).
@@ -19,7 +20,6 @@ import json
 import math
 import os
 import sys
-import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -28,14 +28,18 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from openseek_nanochat import events
+from openseek_nanochat import events, procs
+from openseek_nanochat.atomic import save_atomic, write_atomic, write_json_atomic
+from openseek_nanochat.train import checkpoints
 from openseek_nanochat.train import tokenizer as tok
+from openseek_nanochat.train.builtin.model import GPT, config_for_depth
+from openseek_nanochat.train.builtin.optim import setup_optimizers
 from openseek_nanochat.train.checkpoints import last_complete_step
 from openseek_nanochat.train.dataloader import (
     tokenizing_distributed_data_loader_bos_bestfit,
     tokenizing_distributed_data_loader_with_state_bos_bestfit,
 )
-from openseek_nanochat.train.builtin.model import GPT, config_for_depth
+from openseek_nanochat.train.spec import TrainSpec
 
 # Dense bf16 peak FLOP/s, for MFU. Order matters: the first entry whose words all appear in the device name wins.
 PEAK_FLOPS = [
@@ -52,30 +56,31 @@ PEAK_FLOPS = [
 
 
 def parse_args(argv=None):
+    default = {name: field.default for name, field in TrainSpec.model_fields.items()}  # the spec's, declared once
     p = argparse.ArgumentParser(description="Train the builtin GPT (run under torchrun)")
     p.add_argument("--data-dir", required=True, help="nanochat shard dir; the last shard is validation")
     p.add_argument("--tokenizer-dir", required=True, help="holds tokenizer.pkl and token_bytes.pt")
     p.add_argument("--run-dir", required=True, help="checkpoints/ and metrics.jsonl go here; resumes from it")
     p.add_argument("--device-type", default="", help="cuda|cpu (empty: cuda when available)")
-    p.add_argument("--depth", type=int, default=20)
-    p.add_argument("--aspect-ratio", type=int, default=64, help="width = depth * aspect_ratio")
-    p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--max-seq-len", type=int, default=2048)
+    p.add_argument("--depth", type=int, default=default["depth"])
+    p.add_argument("--aspect-ratio", type=int, default=default["aspect_ratio"], help="width = depth * aspect_ratio")
+    p.add_argument("--head-dim", type=int, default=default["head_dim"])
+    p.add_argument("--max-seq-len", type=int, default=default["max_seq_len"])
     p.add_argument("--num-iterations", type=int, required=True)
-    p.add_argument("--device-batch-size", type=int, default=32)
+    p.add_argument("--device-batch-size", type=int, default=default["device_batch_size"])
     p.add_argument("--total-batch-size", type=int, default=-1, help="tokens per step (-1: one micro-batch per rank)")
-    p.add_argument("--embedding-lr", type=float, default=0.3)
-    p.add_argument("--unembedding-lr", type=float, default=0.008)
-    p.add_argument("--matrix-lr", type=float, default=0.02)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--warmup-steps", type=int, default=40)
-    p.add_argument("--warmdown-ratio", type=float, default=0.65)
-    p.add_argument("--final-lr-frac", type=float, default=0.05)
-    p.add_argument("--eval-every", type=int, default=250, help="-1: only at the end")
-    p.add_argument("--eval-tokens", type=int, default=20 * 524288)
-    p.add_argument("--save-every", type=int, default=-1, help="-1: only at the end")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="torch.compile (auto: on CUDA)")
+    p.add_argument("--embedding-lr", type=float, default=default["embedding_lr"])
+    p.add_argument("--unembedding-lr", type=float, default=default["unembedding_lr"])
+    p.add_argument("--matrix-lr", type=float, default=default["matrix_lr"])
+    p.add_argument("--weight-decay", type=float, default=default["weight_decay"])
+    p.add_argument("--warmup-steps", type=int, default=default["warmup_steps"])
+    p.add_argument("--warmdown-ratio", type=float, default=default["warmdown_ratio"])
+    p.add_argument("--final-lr-frac", type=float, default=default["final_lr_frac"])
+    p.add_argument("--eval-every", type=int, default=default["eval_every"], help="-1: only at the end")
+    p.add_argument("--eval-tokens", type=int, default=default["eval_tokens"])
+    p.add_argument("--save-every", type=int, default=default["save_every"], help="-1: only at the end")
+    p.add_argument("--seed", type=int, default=default["seed"])
+    p.add_argument("--compile", choices=["auto", "on", "off"], default=default["compile"], help="auto: on CUDA")
     p.add_argument("--events", action="store_true", help="print metric/progress events (rank 0)")
     return p.parse_args(argv)
 
@@ -99,37 +104,20 @@ def peak_flops(device_name: str) -> float | None:
     return None
 
 
-def exit_with_parent():
-    """A rank whose torchrun died (killed job, crashed agent) must not keep training: poll the parent, exit."""
-    parent = os.getppid()
-
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-# --- checkpoints: nanochat's file names; meta last, so a checkpoint is complete once its meta exists ---
-
-def _save_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+# --- checkpoints: meta last, so a checkpoint is complete once its meta exists ---
 
 
 def save_checkpoint(checkpoint_dir: Path, step, model, optimizers, meta, rank):
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        _save_atomic(checkpoint_dir / f"model_{step:06d}.pt", lambda p: torch.save(model.state_dict(), p))
+        save_atomic(checkpoint_dir / checkpoints.model_file(step), lambda p: torch.save(model.state_dict(), p))
     # Optimizer state is saved by every rank (nanochat's layout, ready for optimizers that shard their state).
     state = [opt.state_dict() for opt in optimizers]
-    _save_atomic(checkpoint_dir / f"optim_{step:06d}_rank{rank}.pt", lambda p: torch.save(state, p))
+    save_atomic(checkpoint_dir / checkpoints.optim_file(step, rank), lambda p: torch.save(state, p))
     if dist.is_initialized():
         dist.barrier()
     if rank == 0:
-        _save_atomic(checkpoint_dir / f"meta_{step:06d}.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
+        write_json_atomic(checkpoint_dir / checkpoints.meta_file(step), meta)
     if dist.is_initialized():
         dist.barrier()
 
@@ -180,7 +168,7 @@ class MetricsLog:
                     continue  # a line cut short by a kill
                 if record.get("step", math.inf) <= resume_step:
                     kept.append(line + "\n")
-        _save_atomic(path, lambda p: p.write_text("".join(kept)))
+        write_atomic(path, lambda f: f.write("".join(kept).encode()))
         self.file = open(path, "a")
 
     def write(self, **fields):
@@ -192,7 +180,7 @@ class MetricsLog:
 
 def main(argv=None):
     args = parse_args(argv)
-    exit_with_parent()
+    procs.exit_with_parent()
 
     # --- processes and devices ---
     rank = int(os.environ.get("RANK", 0))
@@ -207,7 +195,8 @@ def main(argv=None):
     else:
         device = torch.device(device_type)
     if world_size > 1:
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", device_id=device if device_type == "cuda" else None)
+        on_cuda = device_type == "cuda"
+        dist.init_process_group(backend="nccl" if on_cuda else "gloo", device_id=device if on_cuda else None)
     master = rank == 0
     log = print if master else (lambda *a, **k: None)
     use_bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported()
@@ -218,11 +207,12 @@ def main(argv=None):
     # --- tokenizer, model, optimizers ---
     tokenizer = tok.load(args.tokenizer_dir)
     token_bytes = tok.load_token_bytes(args.tokenizer_dir, device=device)
-    config = config_for_depth(args.depth, tokenizer.get_vocab_size(), args.max_seq_len, args.aspect_ratio, args.head_dim)
+    vocab_size = tokenizer.get_vocab_size()
+    config = config_for_depth(args.depth, vocab_size, args.max_seq_len, args.aspect_ratio, args.head_dim)
     with torch.device(device):
         model = GPT(config)
     model.init_weights()
-    optimizers = model.setup_optimizers(args.embedding_lr, args.unembedding_lr, args.matrix_lr, args.weight_decay)
+    optimizers = setup_optimizers(model, args.embedding_lr, args.unembedding_lr, args.matrix_lr, args.weight_decay)
     flops_per_token = model.estimate_flops()
     log(f"model: {asdict(config)} | {model.num_params():,} parameters | {flops_per_token:.3e} FLOPs/token | "
         f"{world_size} rank(s) on {device_type}{' (bf16)' if use_bf16 else ''}")
@@ -230,23 +220,25 @@ def main(argv=None):
     tokens_per_micro_batch = args.device_batch_size * args.max_seq_len * world_size
     total_batch_size = tokens_per_micro_batch if args.total_batch_size == -1 else args.total_batch_size
     if total_batch_size % tokens_per_micro_batch:
-        raise SystemExit(f"error: total_batch_size {total_batch_size} is not a multiple of device_batch_size x max_seq_len x "
-                         f"ranks = {args.device_batch_size} x {args.max_seq_len} x {world_size} = {tokens_per_micro_batch}")
+        raise SystemExit(
+            f"error: total_batch_size {total_batch_size} is not a multiple of device_batch_size x max_seq_len x ranks "
+            f"= {args.device_batch_size} x {args.max_seq_len} x {world_size} = {tokens_per_micro_batch}"
+        )
     grad_accum_steps = total_batch_size // tokens_per_micro_batch
     num_iterations = args.num_iterations
     log(f"{total_batch_size:,} tokens per step = {grad_accum_steps} micro-batch(es) of {tokens_per_micro_batch:,}")
 
     # --- resume ---
     run_dir = Path(args.run_dir)
-    checkpoint_dir = run_dir / "checkpoints"
+    checkpoint_dir = run_dir / checkpoints.SUBDIR
     resume_step = last_complete_step(checkpoint_dir, world_size)
     step, val_bpb, min_val_bpb, total_time, loader_state = 0, None, math.inf, 0.0, None
     if resume_step is not None:
-        model.load_state_dict(torch.load(checkpoint_dir / f"model_{resume_step:06d}.pt", map_location=device))
-        saved = torch.load(checkpoint_dir / f"optim_{resume_step:06d}_rank{rank}.pt", map_location=device)
+        model.load_state_dict(torch.load(checkpoint_dir / checkpoints.model_file(resume_step), map_location=device))
+        saved = torch.load(checkpoint_dir / checkpoints.optim_file(resume_step, rank), map_location=device)
         for opt, state in zip(optimizers, saved):
             opt.load_state_dict(state)
-        meta = json.loads((checkpoint_dir / f"meta_{resume_step:06d}.json").read_text())
+        meta = json.loads((checkpoint_dir / checkpoints.meta_file(resume_step)).read_text())
         step, val_bpb = meta["step"], meta["val_bpb"]
         min_val_bpb = meta["loop_state"]["min_val_bpb"] or math.inf  # None: no evaluation yet
         total_time = meta["loop_state"]["total_training_time"]
@@ -262,7 +254,8 @@ def main(argv=None):
     if compile_model:
         model = torch.compile(model, dynamic=False)
     if world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_type == "cuda" else None)
+        device_ids = [local_rank] if device_type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     # --- data ---
     B, T = args.device_batch_size, args.max_seq_len
@@ -271,7 +264,9 @@ def main(argv=None):
     eval_steps = max(1, args.eval_tokens // tokens_per_micro_batch)
 
     def run_eval():
-        val_loader = tokenizing_distributed_data_loader_bos_bestfit(tokenizer, B, T, "val", device=device, data_dir=args.data_dir)
+        val_loader = tokenizing_distributed_data_loader_bos_bestfit(
+            tokenizer, B, T, "val", device=device, data_dir=args.data_dir
+        )
         orig_model.eval()
         bpb = evaluate_bpb(orig_model, val_loader, eval_steps, token_bytes, autocast)
         orig_model.train()
@@ -287,7 +282,10 @@ def main(argv=None):
             "step": step, "val_bpb": val_bpb, "model_config": asdict(config), "user_config": vars(args),
             "device_batch_size": B, "max_seq_len": T, "total_batch_size": total_batch_size, "world_size": world_size,
             "dataloader_state_dict": states[0], "dataloader_state_dicts": states,
-            "loop_state": {"min_val_bpb": min_val_bpb if min_val_bpb < math.inf else None, "total_training_time": total_time},
+            "loop_state": {
+                "min_val_bpb": min_val_bpb if min_val_bpb < math.inf else None,
+                "total_training_time": total_time,
+            },
         }
         save_checkpoint(checkpoint_dir, step, orig_model, optimizers, meta, rank)
         log(f"saved checkpoint {checkpoint_dir} step {step}")

@@ -22,8 +22,10 @@ def swap_loaders() -> list[str]:
 
     names = sorted(name for name in vars(ours) if name.startswith("tokenizing_") and hasattr(theirs, name))
     if not names:
-        raise SystemExit(f"{theirs.__file__} has none of openseek_nanochat.train.dataloader's loaders: not a nanochat the "
-                         "openseek loader knows")
+        raise SystemExit(
+            f"{theirs.__file__} has none of openseek_nanochat.train.dataloader's loaders: not a nanochat the openseek "
+            "loader knows"
+        )
     for name in names:
         setattr(theirs, name, getattr(ours, name))
     return names

@@ -1,0 +1,153 @@
+"""The manifest: `manifest.json` beside the shards, what a conversion has written and where a re-run goes on.
+
+It binds its folder to one spec and one set of inputs (the spec's output-shaping fields, and each input file's size and
+mtime), lists every shard (rows, characters, bytes, sha256, split), sums them per source and in total, and, while the
+run is unfinished, holds the resume point after the last recorded shard. Opening an output dir adopts a manifest with
+the same fingerprint and refuses any other: a different spec or changed inputs are never mixed into one dataset.
+
+`owner` names the job that owns the folder (what `DELETE /jobs/{id}?purge=true` may remove): the job that created the
+manifest, or the last one that resumed it while it was incomplete. A job that finds it complete writes nothing and
+owns nothing. The owner is not part of the fingerprint, so a resubmitted spec still resumes.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from openseek_nanochat.atomic import temp_path, write_json_atomic
+from openseek_nanochat.convert.mixture import SourceReader
+from openseek_nanochat.convert.shards import ShardInfo, list_shards
+from openseek_nanochat.convert.sources import TextSource
+from openseek_nanochat.convert.spec import ConvertSpec
+from openseek_nanochat.errors import InputError
+
+NAME = "manifest.json"
+FORMAT = "openseek-nanochat.convert/1"
+
+
+class Manifest:
+    """The manifest of one output dir: the shards recorded so far and what each source contributed to them."""
+
+    def __init__(self, out: Path, spec: ConvertSpec, sources: list[TextSource], owner: str | None = None):
+        self.out = out
+        self.owner = owner
+        self.sources = sources
+        inputs = [{"source": s.name, "files": s.fingerprint()} for s in sources]
+        self.fingerprint = {"spec": spec.fingerprint_fields(), "inputs": inputs}
+        self.shards: list[dict] = []
+        self.source_docs = np.zeros(len(sources), np.int64)
+        self.source_chars = np.zeros(len(sources), np.int64)
+        self.resume_from: dict | None = None  # the resume point found on opening: where an interrupted run stopped
+
+    def open(self) -> dict | None:
+        """Create or adopt the output dir. Returns a finished manifest when there is nothing left to do."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / NAME
+        if path.exists():
+            manifest = json.loads(path.read_text())
+            if manifest.get("format") != FORMAT:
+                raise InputError(
+                    "holds a manifest this version cannot resume; choose another output_dir", str(self.out))
+            if manifest["spec"] != self.fingerprint["spec"]:
+                raise InputError(
+                    "holds a conversion of a different spec; refusing to mix them. Use another output_dir, or "
+                    "delete this one to start over", str(self.out))
+            if manifest["inputs"] != self.fingerprint["inputs"]:
+                raise InputError(
+                    "holds a conversion of these sources, but the input files changed since (size or mtime); "
+                    "refusing to mix old and new data. Delete the output dir to start over", str(self.out))
+            if manifest["complete"]:
+                return manifest
+            self.shards = manifest["shards"]
+            self.resume_from = manifest.get("resume")
+            if self.resume_from:
+                self.source_docs = np.array(self.resume_from["source_docs"], np.int64)
+                self.source_chars = np.array(self.resume_from["source_chars"], np.int64)
+        elif list_shards(self.out):
+            raise InputError("already holds shards and no manifest; choose an empty output_dir", str(self.out))
+        # Whatever a crash left beyond the last recorded shard is rewritten, identically. Temp names are atomic.py's.
+        recorded = {shard["file"] for shard in self.shards}
+        stale = [p for p in list_shards(self.out) if p.name not in recorded]
+        for path in list(self.out.glob(temp_path(Path("*")).name)) + stale:
+            path.unlink()
+        self.write(complete=False, resume=self.resume_from)
+        return None
+
+    def record(self, info: ShardInfo) -> None:
+        self.shards.append(info.public())
+        self.source_docs += np.array(info.source_docs, np.int64)
+        self.source_chars += np.array(info.source_chars, np.int64)
+
+    def resume_point(self, stream_docs: int, block: dict) -> dict:
+        """Where a re-run starts: the stream position after the last recorded shard, the snapshot of the block holding
+        it, and what each source has contributed up to there."""
+        return {"stream_docs": stream_docs, "block": block, "source_docs": self.source_docs.tolist(),
+                "source_chars": self.source_chars.tolist()}
+
+    def write(self, complete: bool, resume: dict | None, readers: list[SourceReader] | None = None) -> dict:
+        """Write the manifest as it stands; `readers` (the stream's, once it runs) add epochs, skips and stats."""
+        sources = self._source_summaries(readers)
+        manifest = {
+            "format": FORMAT,
+            "complete": complete,
+            "owner": self.owner,
+            "output_dir": str(self.out),
+            **self.fingerprint,
+            "shards": self.shards,
+            "sources": sources,
+            "totals": _totals(self.shards, sources),
+            "resume": resume,
+            "updated_at": time.time(),
+        }
+        write_json_atomic(self.out / NAME, manifest)
+        return manifest
+
+    def _source_summaries(self, readers: list[SourceReader] | None) -> list[dict]:
+        total_docs, total_chars = max(1, int(self.source_docs.sum())), max(1, int(self.source_chars.sum()))
+        summaries = []
+        for i, source in enumerate(self.sources):
+            reader = readers[i] if readers else None
+            summaries.append({
+                "name": source.name, "type": _source_type(source), "weight": source.weight,
+                "docs": int(self.source_docs[i]), "chars": int(self.source_chars[i]),
+                "share_docs": round(int(self.source_docs[i]) / total_docs, 6),
+                "share_chars": round(int(self.source_chars[i]) / total_chars, 6),
+                "epochs": (reader.epoch + 1) if reader else None,
+                "skipped": dict(reader.skipped) if reader else {},
+                "stats": dict(reader.stats) if reader else {},
+            })
+        return summaries
+
+
+def read(out: Path) -> dict | None:
+    """The manifest in `out`, or None when there is none or it is not one (unreadable, not JSON, not an object)."""
+    try:
+        manifest = json.loads((out / NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _totals(shards: list[dict], sources: list[dict]) -> dict:
+    return {
+        "docs": sum(s["rows"] for s in shards), "chars": sum(s["chars"] for s in shards),
+        "bytes": sum(s["bytes"] for s in shards), "shards": len(shards),
+        "train_shards": sum(s["split"] == "train" for s in shards),
+        "val_docs": sum(s["rows"] for s in shards if s["split"] == "val"),
+        "skipped": _sum_counters(s["skipped"] for s in sources),
+    }
+
+
+def _source_type(source: TextSource) -> str:
+    """files, hf or megatron: the module a source class lives in is named for its spec type."""
+    return type(source).__module__.rsplit(".", 1)[-1]
+
+
+def _sum_counters(counters) -> dict:
+    total: dict[str, int] = {}
+    for c in counters:
+        for k, v in c.items():
+            total[k] = total.get(k, 0) + v
+    return total
