@@ -66,7 +66,8 @@ format: dev
 lock: | $(BIN)/python
 	@$(PIP) "$(UV_SPEC)"
 	$(LOCK) $(LOCK_FLAGS) pyproject.toml -o requirements.lock
-	$(LOCK) $(LOCK_FLAGS) pyproject.toml --extra dev --extra postgres -c requirements.lock -o requirements-dev.lock
+	$(LOCK) $(LOCK_FLAGS) pyproject.toml --extra dev --extra postgres -c requirements.lock --override lock-overrides.txt \
+		-o requirements-dev.lock
 
 benchmarks: dev
 	$(BIN)/python benchmarks/convert.py

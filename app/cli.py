@@ -83,17 +83,15 @@ class WorkerPool:
                 self._start(slot)
 
     def stop(self) -> None:
-        running = [p for p in self.processes if p is not None and p.poll() is None]
-        for process in running:
-            process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_grace
-        for process in running:
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("worker process %d did not stop in time; killing it", process.pid)
-                process.kill()
-                process.wait()
+        """SIGTERM (each worker stops its job and gives it back), then SIGKILL after the grace period: procs.stop."""
+        from openseek_nanochat.procs import stop
+
+        def killing(processes) -> None:
+            pids = ", ".join(str(p.pid) for p in processes)
+            log.warning("worker processes %s did not stop in time; killing them", pids)
+
+        workers = [p for p in self.processes if p is not None]
+        stop(lambda: [p for p in workers if p.poll() is None], grace=self.stop_grace, on_kill=killing)
 
 
 async def _serve(server, pool: WorkerPool) -> None:

@@ -68,10 +68,10 @@ def main() -> None:
         special_tokens={token: base + i for i, token in enumerate(QWEN_SPECIAL_TOKENS)},
     )
     detokenizer = ByteTableDetokenizer(vocabulary)
-    source = megatron.MegatronTextSource("bench", 1.0, [str(prefix)], detokenizer, str(SHARED / "qwen.tiktoken"))
+    source = megatron.MegatronTextSource("bench", 1.0, [str(prefix)], detokenizer, [str(SHARED / "qwen.tiktoken")])
     index = MegatronIndex(prefix)
     ranges = list(megatron.batch_ranges(index))
-    batches = [index.read_documents(start, stop) for start, stop in ranges]  # also warms the page cache
+    batches = [index.read_documents(start, stop) for start, stop, _ in ranges]  # also warms the page cache
     text_bytes = sum(pc.sum(pc.binary_length(detokenizer.decode(*batch).texts)).as_py() for batch in batches)
     all_tokens = np.concatenate([tokens for tokens, _ in batches])
     token_list = all_tokens.tolist()

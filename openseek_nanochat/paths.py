@@ -1,5 +1,5 @@
-"""Where things live: the data dir's layout, and the path policy (inputs only under the input roots, outputs only
-under the data dir).
+"""Where things live: the data dir's layout, and the path policy (inputs only under the input roots, a conversion's
+output only in a folder of its own inside `datasets/`).
 
 The data dir holds `datasets/<name>` (conversions' output dirs), `runs/<job id>` (trainings), `jobs/<job id>` (the
 spec, log and metrics of each job the service runs) and `cache/` (libraries' caches); the database's default is
@@ -104,11 +104,11 @@ def _outside_roots(path: str, settings: Settings) -> PathPolicyError:
 
 
 # --- globs -----------------------------------------------------------------------------------------------------------
-# Caps on expanding one pattern, so that no request keeps the API busy or lists a whole disk. Constants, not settings:
-# a pattern that reaches one is better narrowed (or split over several sources) than the cap raised.
-MAX_GLOB_MATCHES = 100_000
+# Caps on expanding patterns, so that no request keeps the API busy or lists a whole disk. Constants, not settings: a
+# pattern that reaches one is better narrowed (or split over several sources) than the cap raised.
+MAX_GLOB_MATCHES = 100_000  # per pattern
 MAX_GLOB_DEPTH = 64  # folders below the pattern's literal prefix
-GLOB_SECONDS = 10.0
+GLOB_SECONDS = 10.0  # for all the patterns of a source
 
 
 def _literal_prefix(pattern: str, settings: Settings) -> tuple[Path, tuple[str, ...]]:
@@ -128,9 +128,8 @@ class _Walk:
     enters a folder link (no loops), a wildcard entering one checks it against the roots first, and every file link
     matched must lead under a root. Errors name the pattern or a path under a root, never where a link leads."""
 
-    def __init__(self, pattern: str, settings: Settings):
-        self.pattern, self.settings = pattern, settings
-        self.deadline = time.monotonic() + GLOB_SECONDS
+    def __init__(self, pattern: str, settings: Settings, deadline: float):
+        self.pattern, self.settings, self.deadline = pattern, settings, deadline
         self.found: set[str] = set()
 
     def walk(self, folder: str, parts: tuple[str, ...], depth: int = 0) -> None:
@@ -141,18 +140,23 @@ class _Walk:
                 if entry.is_dir(follow_symlinks=False):
                     self._descend(entry.path, parts, depth)
             return
-        names = [entry.name for entry in self._entries(folder, part)] if glob.has_magic(part) else [part]
-        for name in names:
-            path = os.path.join(folder, name)
-            if rest and os.path.isdir(path):
-                self._check_link(path)
+        if glob.has_magic(part):  # (path, is a folder or a link to one, is a link)
+            candidates = [(e.path, e.is_dir(), e.is_symlink()) for e in self._entries(folder, part)]
+        else:
+            path = os.path.join(folder, part)
+            candidates = [(path, os.path.isdir(path), os.path.islink(path))] if os.path.lexists(path) else []
+        for path, is_dir, is_link in candidates:
+            if is_dir != bool(rest):  # folders lead on, files end the pattern
+                continue
+            if is_link and not in_input_roots(path, self.settings):
+                raise _outside_roots(path, self.settings)
+            if rest:
                 self._descend(path, rest, depth)
-            elif not rest and os.path.lexists(path) and not os.path.isdir(path):
-                self._check_link(path)
-                if len(self.found) >= MAX_GLOB_MATCHES:
-                    raise PathPolicyError(f"{self.pattern!r} matches more than {MAX_GLOB_MATCHES:,} files; narrow it "
-                                          "or split the source")
+            elif len(self.found) < MAX_GLOB_MATCHES:
                 self.found.add(path)
+            else:
+                raise PathPolicyError(f"{self.pattern!r} matches more than {MAX_GLOB_MATCHES:,} files; narrow it or "
+                                      "split the source")
 
     def _descend(self, folder: str, parts: tuple[str, ...], depth: int) -> None:
         if depth >= MAX_GLOB_DEPTH:
@@ -161,25 +165,22 @@ class _Walk:
 
     def _entries(self, folder: str, part: str) -> list[os.DirEntry]:
         if time.monotonic() > self.deadline:
-            raise PathPolicyError(f"expanding {self.pattern!r} took more than {GLOB_SECONDS:g} s; narrow it (a '**' "
-                                  "over a big tree?)")
+            raise PathPolicyError(f"expanding the paths took more than {GLOB_SECONDS:g} s (at {self.pattern!r}); "
+                                  "narrow them (a '**' over a big tree?)")
         try:
             with os.scandir(folder) as entries:
                 return [e for e in entries if (part[0] == "." or e.name[0] != ".") and fnmatch.fnmatch(e.name, part)]
         except OSError:  # not a folder, gone, or unreadable: nothing matches there, as with glob
             return []
 
-    def _check_link(self, path: str) -> None:
-        if os.path.islink(path) and not in_input_roots(path, self.settings):
-            raise _outside_roots(path, self.settings)
 
-
-def glob_inputs(pattern: str, settings: Settings) -> list[str]:
-    """The files a glob names, sorted (so runs are deterministic), as named below its prefix; [] when none."""
+def glob_inputs(pattern: str, settings: Settings, deadline: float | None = None) -> list[str]:
+    """The files a glob names, sorted (so runs are deterministic), as named below its prefix; [] when none. Several
+    patterns share one time limit through `deadline` (time.monotonic() + GLOB_SECONDS)."""
     prefix, rest = _literal_prefix(pattern, settings)
     if not rest:
         return [str(prefix)] if prefix.exists() and not prefix.is_dir() else []
-    walk = _Walk(pattern, settings)
+    walk = _Walk(pattern, settings, time.monotonic() + GLOB_SECONDS if deadline is None else deadline)
     walk.walk(str(prefix), rest)
     return sorted(walk.found)
 
@@ -190,9 +191,10 @@ def expand_input_globs(patterns: list[str], settings: Settings) -> list[Path]:
     A pattern that matches nothing is an error naming the pattern: a typo must not silently shrink a dataset.
     """
     files: list[Path] = []
+    deadline = time.monotonic() + GLOB_SECONDS
     for pattern in patterns:
         if glob.has_magic(pattern):
-            matches = list(dict.fromkeys(Path(os.path.realpath(m)) for m in glob_inputs(pattern, settings)))
+            matches = list(dict.fromkeys(Path(os.path.realpath(m)) for m in glob_inputs(pattern, settings, deadline)))
             if not matches:
                 raise PathPolicyError(f"no file matches {pattern!r}")
         else:

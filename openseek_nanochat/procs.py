@@ -4,15 +4,20 @@ Every process the project starts goes through here: the worker's job processes (
 job's tokenizer and torchrun children (`stream`), the dataloader's tokenizer processes (`die_with_parent` as their
 initializer), the builtin trainer's ranks (`exit_with_parent`) and `serve`'s workers.
 
-A job process runs in its own session (a signal to the worker's group never reaches it by accident) with the job id in
-its environment. Every process it starts, torchrun's ranks included, inherits that environment, and keeps it when it
-is re-parented after its parent died or when it starts a session of its own. So "the processes of job X" are the
-descendants of the job process plus every process whose environment names job X: that set is found again on every
-pass while stopping (`stop_job`: TERM, a grace period, KILL), so a process forked in between is caught too.
+A job process runs in its own session (a signal to the worker's group never reaches it by accident) with the job id and
+the attempt number in its environment. Every process it starts, torchrun's ranks included, inherits that environment,
+and keeps it when it is re-parented after its parent died or when it starts a session of its own. So "the processes of
+attempt N of job X" are the descendants of that attempt's job process plus every process whose environment names job X
+and attempt N: that set is found again on every pass while stopping (`stop_job`: TERM, a grace period, KILL), so a
+process forked in between is caught too. Stopping one attempt never touches another: a worker that lost its lease
+stops its own attempt, not the one that took over.
 
 On Linux a child started here gets a signal when its parent dies (PR_SET_PDEATHSIG): a SIGKILLed worker does not leave
 a conversion running that would race the worker that resumes it, and a killed job leaves no trainer. A worker starting
-a job first stops whatever an earlier attempt on this machine left behind.
+attempt N first stops whatever attempts before N left behind on this machine.
+
+`stop` is the one stop path (TERM, a grace period, KILL) for every process this project stops: a job's, or `serve`'s
+workers.
 """
 
 import ctypes
@@ -28,6 +33,7 @@ from typing import BinaryIO
 import psutil
 
 JOB_ID_ENV = "OPENSEEK_NANOCHAT_JOB_ID"
+JOB_ATTEMPT_ENV = "OPENSEEK_NANOCHAT_JOB_ATTEMPT"
 
 _PR_SET_PDEATHSIG = 1
 # Resolved once, here: after a fork only what is already resolved may run (no lookups, no allocations to speak of).
@@ -106,8 +112,16 @@ def spawn(
     )
 
 
-def job_environment(job_id: str) -> dict[str, str]:
-    return {**os.environ, JOB_ID_ENV: job_id, "PYTHONUNBUFFERED": "1"}
+def job_environment(job_id: str, attempt: int = 0) -> dict[str, str]:
+    """The environment of a job process: the job id and the attempt number (0: not run by a worker) tag it and all it
+    starts."""
+    return {**os.environ, JOB_ID_ENV: job_id, JOB_ATTEMPT_ENV: str(attempt), "PYTHONUNBUFFERED": "1"}
+
+
+def job_attempt() -> int | None:
+    """The attempt this process runs for (its worker's claim), or None outside a worker's job."""
+    value = os.environ.get(JOB_ATTEMPT_ENV, "")
+    return int(value) if value.isascii() and value.isdigit() and int(value) > 0 else None
 
 
 def copy_lines(source: BinaryIO, write: Callable[[bytes], None], on_line: Callable[[str], None] | None = None) -> None:
@@ -175,24 +189,31 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
-def _tagged_with(job_id: str) -> list[psutil.Process]:
-    """Processes (that this user may inspect) whose environment names the job."""
+def _attempt_of(environ: dict[str, str]) -> int:
+    value = environ.get(JOB_ATTEMPT_ENV, "")
+    return int(value) if value.isascii() and value.isdigit() else 0  # untagged: older than any attempt
+
+
+def _tagged_with(job_id: str, attempts: range | None) -> list[psutil.Process]:
+    """Processes (that this user may inspect) whose environment names the job (and one of `attempts`)."""
     me = os.getpid()
     found = []
     for process in psutil.process_iter():
         if process.pid == me:
             continue
         try:
-            if process.environ().get(JOB_ID_ENV) == job_id:
-                found.append(process)
+            environ = process.environ()
         except psutil.Error:  # gone, a zombie, or another user's
             continue
+        if environ.get(JOB_ID_ENV) == job_id and (attempts is None or _attempt_of(environ) in attempts):
+            found.append(process)
     return found
 
 
-def job_processes(job_id: str, root_pid: int | None = None) -> list[psutil.Process]:
-    """The live processes of a job: the root's descendants and everything tagged with the job id."""
-    found: dict[int, psutil.Process] = {p.pid: p for p in _tagged_with(job_id)}
+def job_processes(job_id: str, root_pid: int | None = None, attempts: range | None = None) -> list[psutil.Process]:
+    """The live processes of a job: the root's descendants and everything tagged with the job id, of every attempt or
+    only of `attempts` (`range(n, n + 1)`: attempt n; `range(n)`: those before n)."""
+    found: dict[int, psutil.Process] = {p.pid: p for p in _tagged_with(job_id, attempts)}
     if root_pid is not None:
         try:
             root = psutil.Process(root_pid)
@@ -203,30 +224,49 @@ def job_processes(job_id: str, root_pid: int | None = None) -> list[psutil.Proce
     return [p for p in found.values() if _alive(p)]
 
 
-def _signal_all(processes: Iterable[psutil.Process], sig: int) -> None:
+def _signal_all(processes: Iterable, sig: int) -> None:
     for process in processes:
         try:
             process.send_signal(sig)
-        except psutil.Error:
+        except (psutil.Error, ProcessLookupError):
             pass
 
 
-def stop_job(job_id: str, root: subprocess.Popen | None = None, grace: float = 10.0) -> int:
-    """SIGTERM every process of the job, SIGKILL what is left after `grace` seconds; return once none is alive (or,
-    for a process stuck in the kernel, 5 s after SIGKILL). Returns how many processes were signalled."""
+def stop(find: Callable[[], list], grace: float, on_kill: Callable[[list], None] | None = None) -> int:
+    """SIGTERM every process `find()` returns, SIGKILL what is left after `grace` seconds; return once `find()` finds
+    none (or, for a process stuck in the kernel, 5 s after SIGKILL). Returns how many processes were signalled.
+
+    `find` is asked again on every pass, so a process started in between is caught too. It returns live processes,
+    psutil's or subprocess's (anything with a pid and send_signal); `on_kill` hears of those that needed SIGKILL.
+    """
     signalled: set[int] = set()
+    killed: set[int] = set()
     kill_at = time.monotonic() + grace
     while True:
-        # Reap the job process itself once it exits; from then on its pid may be reused, so its descendants are
-        # found by their environment alone.
-        root_pid = root.pid if root is not None and root.poll() is None else None
-        processes = job_processes(job_id, root_pid)
+        processes = find()
         now = time.monotonic()
         if not processes or now >= kill_at + 5:
             return len(signalled)
         if now >= kill_at:
+            if on_kill is not None and (new := [p for p in processes if p.pid not in killed]):
+                on_kill(new)
+            killed.update(p.pid for p in processes)
             _signal_all(processes, signal.SIGKILL)
         else:
             _signal_all([p for p in processes if p.pid not in signalled], signal.SIGTERM)
         signalled.update(p.pid for p in processes)
         time.sleep(0.05)
+
+
+def stop_job(job_id: str, root: subprocess.Popen | None = None, grace: float = 10.0,
+             attempts: range | None = None) -> int:
+    """Stop the processes of a job (of every attempt, or only of `attempts`; `root` is the attempt's job process) with
+    `stop`. Returns how many processes were signalled."""
+
+    def find() -> list[psutil.Process]:
+        # Reap the job process itself once it exits; from then on its pid may be reused, so its descendants are
+        # found by their environment alone.
+        root_pid = root.pid if root is not None and root.poll() is None else None
+        return job_processes(job_id, root_pid, attempts)
+
+    return stop(find, grace)

@@ -23,8 +23,12 @@ class Settings(BaseSettings):
     input_roots: str | None = Field(
         default=None, description="os.pathsep-separated folders that input paths must lie under (default: data_dir)."
     )
-    database_url: str | None = Field(default=None, description="SQLAlchemy URL (default: SQLite at <data_dir>/jobs.db).")
-    lease_seconds: float = Field(default=30.0, gt=0, description="A worker that misses heartbeats this long loses its job.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL (default: SQLite at <data_dir>/jobs.db)."
+    )
+    lease_seconds: float = Field(
+        default=30.0, gt=0, description="A worker that misses heartbeats this long loses its job."
+    )
     api_token: str | None = Field(
         default=None,
         description="When set, every endpoint but /healthz, the dashboard and the docs needs a Bearer token.",
@@ -37,11 +41,14 @@ class Settings(BaseSettings):
         default=None, description="Comma-separated Host names accepted besides localhost, 127.0.0.1 and [::1] ('*': "
         "any). Unset on a non-loopback bind: any.",
     )
-    nanochat_dir: Path | None = Field(default=None, description="A nanochat checkout for the nanochat training backend.")
+    nanochat_dir: Path | None = Field(
+        default=None, description="A nanochat checkout for the nanochat training backend."
+    )
     max_attempts: int = Field(default=3, ge=1, description="How often a job whose worker died is retried.")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest accepted request body.")
     poll_seconds: float = Field(
-        default=0.5, gt=0, description="How often a worker looks for work and, while running a job, reports to the database."
+        default=0.5, gt=0,
+        description="How often a worker looks for work and, while running a job, reports to the database.",
     )
     kill_grace_seconds: float = Field(
         default=10.0, ge=0, description="How long a cancelled job's processes get between SIGTERM and SIGKILL."

@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -61,9 +61,33 @@ class Server:
     process: subprocess.Popen
     data_dir: Path
     log_path: Path
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(self.argv, env=self.env, stdout=log_file, stderr=subprocess.STDOUT)
+
+    def wait_up(self, timeout: float = 60) -> None:
+        def up():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve exited with code {self.process.returncode}:\n{self.log()}")
+            try:
+                return self.client.get("/healthz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(up, timeout, what="server health")
+
+    def restart(self) -> None:
+        """Stop the server (SIGTERM: its workers requeue their jobs) and start it again on the same port, data dir and
+        environment, as an operator restarting the service does."""
+        stop_process(self.process)
+        self.start()
+        self.wait_up()
 
     def worker_pids(self) -> list[int]:
         return [c.pid for c in psutil.Process(self.process.pid).children() if "worker" in " ".join(c.cmdline())]
@@ -127,28 +151,19 @@ def start_server(
         extra["OPENSEEK_NANOCHAT_API_TOKEN"] = token
     log_path = data_dir.parent / f"server-{port}.log"
     argv = cli("serve", "--port", str(port), "--workers", str(workers), "--access-log" if access_log else "--no-access-log")
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(argv, env=service_env(data_dir, extra), stdout=log_file, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     client = httpx.Client(base_url=base_url, headers=headers, timeout=30)
-    server = Server(base_url, client, process, data_dir, log_path)
+    server = Server(base_url, client, None, data_dir, log_path, argv, service_env(data_dir, extra))
+    server.start()
     try:
-        def up():
-            if process.poll() is not None:
-                raise RuntimeError(f"serve exited with code {process.returncode}:\n{server.log()}")
-            try:
-                return client.get("/healthz").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(up, timeout=60, what="server health")
+        server.wait_up()
         if workers:
             wait_until(lambda: len(client.get("/workers").json()) >= workers, timeout=60, what=f"{workers} workers")
         yield server
     finally:
         client.close()
-        stop_process(process)
+        stop_process(server.process)  # the one running now (restart replaces it)
 
 
 def start_worker(data_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -15,6 +15,10 @@ import pytest
 
 from openseek_nanochat import procs
 
+from app.jobs import store
+from app.jobs.db import make_engine
+from app.jobs.models import Job, JobState, new_job_id
+
 from serverutil import (
     SHARED_DATA,
     shakespeare_jsonl,
@@ -75,6 +79,30 @@ def test_output_dir_must_be_a_folder_inside_datasets(server):
     assert (data / "jobs.db").is_file() and server.client.get("/healthz").json() == {"status": "ok"}
 
 
+def test_purge_keeps_the_data_dir_and_its_folders_whatever_an_old_job_wrote(server):
+    """Jobs an earlier version accepted, with output_dir the data dir, datasets/, jobs/ or runs/, even with a manifest
+    naming them as owner: their purge removes their log folder and nothing else."""
+    data = server.data_dir.resolve()
+    folders = [data, data / "datasets", data / "jobs", data / "runs"]
+    engine = make_engine(f"sqlite:///{data / 'jobs.db'}")
+    ids = [new_job_id() for _ in folders]
+    try:
+        for job_id, folder in zip(ids, folders):
+            spec = {**tiny_spec(), "output_dir": str(folder)}
+            store.create_job(engine, Job(id=job_id, kind="convert", state=JobState.succeeded, spec=spec))
+    finally:
+        engine.dispose()
+    for job_id, folder in zip(ids, folders):
+        folder.mkdir(exist_ok=True)
+        (folder / "manifest.json").write_text(json.dumps({"owner": job_id}))
+        deleted = purge(server.client, job_id)
+        assert folder.is_dir() and (folder / "manifest.json").is_file() and (data / "jobs.db").is_file()
+        assert deleted["kept"] == [
+            {"path": str(folder), "reason": f"it is not a dataset folder of its own inside {folders[1]}"}]
+        (folder / "manifest.json").unlink()
+    assert (data / "jobs.db").is_file() and server.client.get("/healthz").json() == {"status": "ok"}
+
+
 def submit_all(base_url: str, specs: list[dict]) -> list[httpx.Response]:
     """POST every spec at the same moment, one thread and one connection each."""
     clients = [httpx.Client(base_url=base_url, timeout=60) for _ in specs]
@@ -125,18 +153,21 @@ def race_then_purge(server) -> None:
     for out, response in zip(outputs, responses):
         if response.status_code == 202:
             winners.setdefault("p2" if out in group_p2 else "p", []).append((response.json()["id"], out))
-        else:
-            assert response.status_code == 409, response.text
-            assert BUSY.fullmatch(response.json()["detail"]), response.text
     assert sorted(winners) == ["p", "p2"] and all(len(w) == 1 for w in winners.values()), winners
+    for out, response in zip(outputs, responses):
+        if response.status_code != 202:
+            assert response.status_code == 409, response.text
+            busy = BUSY.fullmatch(response.json()["detail"])
+            [(group_winner, winner_out)] = winners["p2" if out in group_p2 else "p"]
+            assert busy and busy.group(1, 2) == (group_winner, str(winner_out)), response.text
 
     owners = {winner: datasets / "same", **{job_id: out for [(job_id, out)] in winners.values()}}
     for job_id in owners:
         wait_for_state(client, job_id, "succeeded")
     before = {job_id: files_of(out) for job_id, out in owners.items()}
 
-    # Later jobs into the winners' folders: a different spec fails, the same spec finds it complete, a folder inside
-    # gets a dataset of its own. Purging any of them leaves every winner's dataset as it was, byte for byte.
+    # Later jobs into the winners' folders: a different spec fails, a folder inside gets a dataset of its own. Purging
+    # any of them leaves every winner's dataset as it was, byte for byte.
     later = []
     for i, (owner, out) in enumerate(owners.items()):
         failed = client.post("/jobs/convert", json=tiny_spec(output_dir=str(out), seed=100 + i)).json()["id"]

@@ -116,7 +116,7 @@ def test_spec_validation_messages():
         ConvertSpec.model_validate({"sources": [{"type": "files", "paths": ["a"], "text_colum": "x"}]})
     with pytest.raises(ValidationError, match="sources\n  List should have at least 1 item"):
         ConvertSpec.model_validate({"sources": []})
-    with pytest.raises(ValidationError, match="give exactly one of 'prefixes' or 'data_path'"):
+    with pytest.raises(ValidationError, match="give exactly one of 'prefixes', 'data_path' or 'openseek_config'"):
         ConvertSpec.model_validate({"sources": [{"type": "megatron", "tokenizer": {"type": "qwen", "path": "q"}}]})
     with pytest.raises(ValidationError, match=r"data_path\[1\] should be a prefix path"):
         ConvertSpec.model_validate({"sources": [{"type": "megatron", "data_path": [1.0, 2.0],

@@ -333,7 +333,8 @@ def fake_checkout(root: Path, imports: str = "import pyarrow\n", drop_flags: tup
     (root / "scripts" / "base_train.py").write_text(
         "import argparse\n" + imports + "from nanochat.common import later\n"
         "parser = argparse.ArgumentParser()\n"
-        + "".join(f'parser.add_argument("{flag}", type=str)\n' for flag in flags)
+        + "".join(f'parser.add_argument("{flag}", type=str)\n' for flag in flags if flag != "--fp8")
+        + ('parser.add_argument("--fp8", action="store_true")\n' if "--fp8" in flags else "")  # a switch, as there
     )
     return root
 

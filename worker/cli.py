@@ -8,7 +8,6 @@ import argparse
 from openseek_nanochat.cli import Command
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 

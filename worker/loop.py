@@ -3,6 +3,9 @@
 While idle it polls with a read that takes no lock (is anything queued, or any lease expired?) and only then opens a
 write transaction to expire lost leases and claim. Stopping while a job runs stops the job's processes and puts the
 job back in the queue for the next worker, where it resumes.
+
+Its statements wait for a lock a sixth of the lease at most (`lock_wait`): a database that someone holds for longer
+costs a heartbeat, tried again on the next tick, and the job keeps its lease for as long as the lease lasts.
 """
 
 import logging
@@ -12,6 +15,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,12 +31,20 @@ from worker import runner
 log = logging.getLogger(__name__)
 
 FORGET_WORKERS_AFTER_SECONDS = 3600  # dead workers stay listed (alive: false) this long
+MAX_LOCK_WAIT_SECONDS = 5.0
+SIGN_ON_SECONDS = 60  # how long a starting worker waits for a busy database before it gives up
+
+
+def lock_wait(settings: Settings) -> float:
+    """How long one of a worker's statements may wait for a lock: well under the lease, so that several heartbeats
+    fit in it."""
+    return min(MAX_LOCK_WAIT_SECONDS, settings.lease_seconds / 6)
 
 
 class Worker:
     def __init__(self, settings: Settings, engine: Engine | None = None):
         self.settings = settings
-        self.engine = engine or make_engine(settings.sqlalchemy_url)
+        self.engine = engine or make_engine(settings.sqlalchemy_url, lock_wait=lock_wait(settings))
         self.host = socket.gethostname()
         self.id = f"{self.host}-{os.getpid()}-{secrets.token_hex(2)}"
         self.stopping = threading.Event()
@@ -41,19 +53,39 @@ class Worker:
         self.stopping.set()
 
     def run(self) -> int:
-        check_schema(self.engine)
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        queue.forget_dead_workers(self.engine, FORGET_WORKERS_AFTER_SECONDS)
-        queue.register_worker(self.engine, self.id, self.host, os.getpid())
+        # A busy database delays the start, it does not end it.
+        deadline = time.monotonic() + SIGN_ON_SECONDS
+        while not self._try(self._sign_on):
+            if self.stopping.wait(self.settings.poll_seconds):
+                return 0
+            if time.monotonic() > deadline:
+                return 1
         log.info("worker %s started (database %s)", self.id, self.engine.url.render_as_string(hide_password=True))
         try:
             self._loop()
         finally:
-            queue.unregister_worker(self.engine, self.id)
+            deadline = time.monotonic() + self.settings.lease_seconds
+            while not self._try(lambda: queue.unregister_worker(self.engine, self.id)) and time.monotonic() < deadline:
+                time.sleep(self.settings.poll_seconds)
             self.engine.dispose()
             log.info("worker %s stopped", self.id)
         return 0
+
+    def _sign_on(self) -> None:
+        check_schema(self.engine)
+        queue.forget_dead_workers(self.engine, FORGET_WORKERS_AFTER_SECONDS)
+        queue.register_worker(self.engine, self.id, self.host, os.getpid())
+
+    @staticmethod
+    def _try(step: Callable[[], None]) -> bool:
+        try:
+            step()
+            return True
+        except SQLAlchemyError as error:
+            log.warning("database error, retrying shortly: %s", error)
+            return False
 
     def _loop(self) -> None:
         idle_beat_every = self.settings.lease_seconds / 3

@@ -4,6 +4,13 @@ The job process is the unit of work; this module only supervises it (procs.py st
 tick (settings.poll_seconds) it extends the lease, stores the latest progress, and learns the job's state:
 `cancelling` means stop the job, no row means the lease was lost (the job was requeued and may already run
 elsewhere), so stop it and touch the job no more.
+
+Only the database says the lease is lost: the row is no longer ours, or the deadline it last granted has passed. A
+heartbeat that fails (the database is busy or away) waits a fraction of the lease (the worker's lock_wait) and is tried
+again on the next tick; only once the lease has run out unrenewed does the attempt stop, and its log says why. The
+deadline is kept in this machine's monotonic clock, counted from when the heartbeat that renewed it was sent: never
+later than the database's own. Every stop names the attempt: a worker stops only its own attempt's processes, and, when
+it starts attempt N, what attempts before N left on this machine.
 """
 
 import logging
@@ -11,7 +18,9 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from enum import Enum
+from typing import TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,6 +36,7 @@ from app.jobs.models import JobState
 from worker.output import JobOutput
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Ending(Enum):
@@ -46,12 +56,13 @@ def run(claim: queue.Claim, settings: Settings, engine: Engine, stopping: thread
             error = {"message": f"this worker cannot run {claim.kind!r} jobs"}
             queue.finish(engine, claim, JobState.failed, error=error)
             return
-        leftovers = procs.stop_job(claim.job_id, grace=settings.kill_grace_seconds)
+        attempt, mine = claim.attempt, range(claim.attempt, claim.attempt + 1)
+        leftovers = procs.stop_job(claim.job_id, grace=settings.kill_grace_seconds, attempts=range(attempt))
         try:
             argv = kind.command(jobfiles.write_spec(folder, claim.spec))
             process = procs.spawn(
                 argv,
-                env=procs.job_environment(claim.job_id),
+                env=procs.job_environment(claim.job_id, attempt),
                 cwd=folder,
                 stdout=subprocess.PIPE,
                 nice=settings.job_nice,
@@ -60,20 +71,40 @@ def run(claim: queue.Claim, settings: Settings, engine: Engine, stopping: thread
             queue.finish(engine, claim, JobState.failed, error={"message": f"could not start the job process: {error}"})
             return
         output = JobOutput(process.stdout, folder / jobfiles.LOG, folder / jobfiles.METRICS)
+        me = f"[worker {claim.worker_id}]"
         if leftovers:
-            output.note(f"[worker {claim.worker_id}] stopped {leftovers} processes left by an earlier attempt")
-        output.note(f"[worker {claim.worker_id}] attempt {claim.attempt} started (pid {process.pid}): {' '.join(argv)}")
+            output.note(f"{me} stopped {leftovers} processes left by attempts before {attempt}")
+        output.note(f"{me} attempt {attempt} started (pid {process.pid}): {' '.join(argv)}")
         output.start()
-        ending = _supervise(process, output, claim, settings, engine, stopping)
+        lease = Lease(claim, settings.lease_seconds)
+        ending = _supervise(process, output, claim, settings, engine, stopping, lease)
         if ending is not Ending.exited:
-            stopped = procs.stop_job(claim.job_id, process, grace=settings.kill_grace_seconds)
-            output.note(f"[worker {claim.worker_id}] {ending.value}: stopped {stopped} processes of the job")
+            stopped = procs.stop_job(claim.job_id, process, grace=settings.kill_grace_seconds, attempts=mine)
+            output.note(f"{me} {ending.value}: stopped {stopped} processes of the job's attempt {attempt}")
         process.wait()
         output.join(timeout=10)
-        _record(ending, process.returncode, output, claim, engine)
+        output.note(f"{me} attempt {attempt} ended: the job process {_how_it_ended(process.returncode)}")
+        _record(ending, process.returncode, output, claim, engine, lease, settings)
     finally:
         if output is not None:
             output.close()
+
+
+class Lease:
+    """The lease as this worker knows it, in its monotonic clock: renewed when the request that renewed it was sent,
+    so it never runs out later here than in the database."""
+
+    def __init__(self, claim: queue.Claim, seconds: float):
+        self.seconds = seconds
+        self.renewed_at = claim.asked_at
+
+    def without_database(self) -> float:
+        """Seconds since the last renewal was asked for."""
+        return time.monotonic() - self.renewed_at
+
+    def lost_note(self, worker_id: str, then: str) -> str:
+        return (f"[worker {worker_id}] could not reach the database for {self.without_database():.0f} s, longer than "
+                f"the {self.seconds:g} s lease: {then}")
 
 
 def _supervise(
@@ -83,9 +114,9 @@ def _supervise(
     settings: Settings,
     engine: Engine,
     stopping: threading.Event,
+    lease: Lease,
 ) -> Ending:
     sent_version = 0
-    last_heartbeat = time.monotonic()
     while True:
         try:
             process.wait(timeout=settings.poll_seconds)
@@ -95,17 +126,20 @@ def _supervise(
         if stopping.is_set():
             return Ending.stopping
         progress, version = output.progress()
+        asked_at = time.monotonic()
         try:
             state = queue.heartbeat(
                 engine, claim, settings.lease_seconds, progress if version != sent_version else None
             )
         except SQLAlchemyError as error:
-            # The database may come back; the lease tells how long this worker may keep going without it.
-            log.warning("job %s: heartbeat failed: %s", claim.job_id, error)
-            if time.monotonic() - last_heartbeat > settings.lease_seconds:
+            # Busy or away: try again next tick, for as long as the lease the database last granted lasts.
+            log.warning("job %s: heartbeat failed, %.0f s without the database: %s", claim.job_id,
+                        lease.without_database(), error)
+            if lease.without_database() > lease.seconds:
+                output.note(lease.lost_note(claim.worker_id, "stopping this attempt"))
                 return Ending.lost
             continue
-        last_heartbeat = time.monotonic()
+        lease.renewed_at = asked_at
         sent_version = version
         if state is None:
             return Ending.lost
@@ -113,32 +147,61 @@ def _supervise(
             return Ending.cancelled
 
 
-def _record(ending: Ending, returncode: int, output: JobOutput, claim: queue.Claim, engine: Engine) -> None:
+def _while_leased(write: Callable[[], T], claim: queue.Claim, lease: Lease, settings: Settings) -> T:
+    """A write of the attempt's outcome, tried again each tick while the database is busy or away, until the lease
+    runs out (then the error goes on: the job will be requeued and its next attempt redoes what is left)."""
+    while True:
+        try:
+            return write()
+        except SQLAlchemyError as error:
+            if lease.without_database() > lease.seconds:
+                raise
+            log.warning("job %s: recording the outcome failed, trying again: %s", claim.job_id, error)
+            time.sleep(settings.poll_seconds)
+
+
+def _record(ending: Ending, returncode: int, output: JobOutput, claim: queue.Claim, engine: Engine,
+            lease: Lease, settings: Settings) -> None:
     progress, _ = output.progress()
+    me = f"[worker {claim.worker_id}]"
+    if ending is Ending.lost:
+        output.note(f"{me} lost the job's lease; another attempt will resume it")
+        try:
+            queue.worker_heartbeat(engine, claim.worker_id, job_id=None)
+        except SQLAlchemyError:
+            pass  # the idle loop says it again
+        return
     if ending is Ending.exited and returncode == 0:
-        recorded = queue.finish(engine, claim, JobState.succeeded, result=output.result, progress=progress)
+        outcome, values = JobState.succeeded, {"result": output.result}
     elif ending is Ending.exited:
-        error = output.error or _exit_error(returncode, output)
-        recorded = queue.finish(engine, claim, JobState.failed, error=error, progress=progress)
+        outcome, values = JobState.failed, {"error": output.error or _exit_error(returncode, output)}
     elif ending is Ending.cancelled:
-        recorded = queue.finish(engine, claim, JobState.cancelled, progress=progress)
-    elif ending is Ending.stopping:
-        state = queue.release(engine, claim)
-        output.note(f"[worker {claim.worker_id}] worker stopping: job {state or 'no longer ours'}")
-        return
+        outcome, values = JobState.cancelled, {}
     else:
-        queue.worker_heartbeat(engine, claim.worker_id, job_id=None)
-        output.note(f"[worker {claim.worker_id}] lost the job's lease; another attempt will resume it")
-        return
+        outcome = None
+    try:
+        if outcome is None:
+            state = _while_leased(lambda: queue.release(engine, claim), claim, lease, settings)
+            output.note(f"{me} worker stopping: job {state or 'no longer ours'}")
+            return
+        recorded = _while_leased(
+            lambda: queue.finish(engine, claim, outcome, progress=progress, **values), claim, lease, settings)
+    except SQLAlchemyError:
+        output.note(lease.lost_note(claim.worker_id, f"could not record that the job {outcome or 'was released'}; "
+                                    "another attempt will take it over"))
+        raise
     if not recorded:
-        output.note(f"[worker {claim.worker_id}] the job was taken from this worker before it could record the outcome")
+        output.note(f"{me} the job was taken from this worker before it could record the outcome")
+
+
+def _how_it_ended(returncode: int) -> str:
+    if returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with code {returncode}"
 
 
 def _exit_error(returncode: int, output: JobOutput) -> dict:
-    if returncode < 0:
-        how = f"was killed by {signal.Signals(-returncode).name}"
-    else:
-        how = f"exited with code {returncode}"
     last = output.tail[-1] if output.tail else None
-    message = f"the job process {how}" + (f"; its last output: {last}" if last else "; see the job's log")
+    message = f"the job process {_how_it_ended(returncode)}" + (f"; its last output: {last}" if last else
+                                                                 "; see the job's log")
     return {"message": message, "where": None}

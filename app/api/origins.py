@@ -89,15 +89,15 @@ class HostAndOriginCheck:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {name: value for name, value in scope["headers"] if name in (b"host", b"origin")}
-        raw_host = headers.get(b"host", b"").decode("latin-1")
-        host = _parse_host(raw_host)
+        hosts = [value for name, value in scope["headers"] if name == b"host"]
+        raw_host = hosts[0].decode("latin-1") if hosts else ""
+        host = _parse_host(raw_host) if len(hosts) == 1 else None  # two Host headers: which one counts is unclear
         if self.allowed_hosts is not None and (host is None or not _matches(host[0], self.allowed_hosts)):
             shown = ", ".join(f"[{h}]" if ":" in h else h for h in self.allowed_hosts)
             await _answer(send, 400, f"Host {raw_host[:200]!r} is not served here: this server answers to {shown} "
                           "(any port); add names with OPENSEEK_NANOCHAT_ALLOWED_HOSTS")
             return
-        origin = headers.get(b"origin")
+        origin = next((value for name, value in scope["headers"] if name == b"origin"), None)
         if self.check_origin and origin is not None and scope["method"] in CHANGES_STATE:
             scheme = scope.get("scheme", "http")
             own = (scheme, host[0], host[1] or DEFAULT_PORTS.get(scheme)) if host else None

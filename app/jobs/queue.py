@@ -4,20 +4,26 @@ A claim is one UPDATE ... RETURNING on the oldest queued job, inside a transacti
 BEGIN IMMEDIATE) or that skips rows another worker has locked (PostgreSQL: FOR UPDATE SKIP LOCKED), so a job is never
 claimed twice. The claim stamps the job with the worker's id and increments `attempts`; every later write of that
 worker names both, so a worker that lost its lease (its job requeued and claimed again) can no longer touch the job.
+
+Every lease is written and compared in the database's clock (`db_now`), never a host's: workers on machines whose
+clocks disagree still agree on when a lease ran out. The same goes for the workers' own heartbeats.
 """
 
 import logging
-from dataclasses import dataclass
-from datetime import timedelta
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
 
-from sqlalchemy import Engine, delete, exists, update
+from sqlalchemy import Engine, Float, bindparam, delete, exists, insert, update
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import col, select
 
 from openseek_nanochat.settings import Settings
 
 from app.jobs import files as jobfiles
 from app.jobs.db import reading, writing
-from app.jobs.models import OWNED, Job, JobState, Worker, utcnow
+from app.jobs.models import OWNED, Job, JobState, UTCDateTime, Worker
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +37,8 @@ class Claim:
     spec: dict
     worker_id: str
     attempt: int
+    # time.monotonic() when the claim was sent: the lease it got runs at least lease_seconds from then
+    asked_at: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -41,21 +49,48 @@ class Expired:
     attempts: int
 
 
-def _lease(lease_seconds: float):
-    return utcnow() + timedelta(seconds=lease_seconds)
+class db_now(FunctionElement):  # noqa: N801 (named like the SQL functions it stands for)
+    """The database's clock (UTC), `seconds` from now: what leases are written and compared in.
+
+    SQLite: its own clock, as the text SQLAlchemy stores a datetime in ('YYYY-MM-DD HH:MM:SS.ffffff'), so that
+    comparisons with stored values stay comparisons of equal-length strings. PostgreSQL: clock_timestamp(), the time
+    of the statement itself (now() would be when its transaction began, maybe before it waited for a lock).
+    """
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+    def __init__(self, seconds: float = 0.0):
+        super().__init__(bindparam(None, float(seconds), type_=Float()))
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(element, compiler, **kw) -> str:
+    seconds = compiler.process(element.clauses, **kw)
+    return f"(strftime('%Y-%m-%d %H:%M:%f', julianday('now') + ({seconds}) / 86400.0) || '000')"
+
+
+@compiles(db_now)
+def _db_now_postgresql(element, compiler, **kw) -> str:
+    return f"(clock_timestamp() + make_interval(secs => {compiler.process(element.clauses, **kw)}))"
+
+
+def database_now(engine: Engine) -> datetime:
+    """What time the database thinks it is."""
+    with reading(engine) as session:
+        return session.execute(select(db_now())).scalar_one()
 
 
 def work_waiting(engine: Engine) -> bool:
     """Is anything queued or any lease expired? A cheap read that idle workers poll instead of taking the write lock."""
-    now = utcnow()
     queued = exists().where(col(Job.state) == JobState.queued)
-    expired = exists().where(col(Job.state).in_(OWNED), col(Job.lease_expires_at) < now)
+    expired = exists().where(col(Job.state).in_(OWNED), col(Job.lease_expires_at) < db_now())
     with reading(engine) as session:
         return bool(session.exec(select(queued | expired)).one())
 
 
 def claim(engine: Engine, worker_id: str, lease_seconds: float) -> Claim | None:
-    now = utcnow()
+    asked_at = time.monotonic()
     oldest_queued = (
         select(Job.id)
         .where(col(Job.state) == JobState.queued)
@@ -71,9 +106,9 @@ def claim(engine: Engine, worker_id: str, lease_seconds: float) -> Claim | None:
             state=JobState.running,
             worker_id=worker_id,
             attempts=col(Job.attempts) + 1,
-            lease_expires_at=_lease(lease_seconds),
-            started_at=now,
-            updated_at=now,
+            lease_expires_at=db_now(lease_seconds),
+            started_at=db_now(),
+            updated_at=db_now(),
         )
         .returning(Job.id, Job.kind, Job.spec, Job.attempts)
     )
@@ -83,7 +118,8 @@ def claim(engine: Engine, worker_id: str, lease_seconds: float) -> Claim | None:
             _set_worker_job(session, worker_id, row.id)
     if row is None:
         return None
-    return Claim(job_id=row.id, kind=row.kind, spec=row.spec, worker_id=worker_id, attempt=row.attempts)
+    return Claim(job_id=row.id, kind=row.kind, spec=row.spec, worker_id=worker_id, attempt=row.attempts,
+                 asked_at=asked_at)
 
 
 def _owned_by(claim: Claim):
@@ -97,7 +133,7 @@ def _owned_by(claim: Claim):
 
 def heartbeat(engine: Engine, claim: Claim, lease_seconds: float, progress: dict | None = None) -> str | None:
     """Extend the lease (and store progress). Returns the job's state, or None when the job is no longer ours."""
-    values = {"lease_expires_at": _lease(lease_seconds), "updated_at": utcnow()}
+    values = {"lease_expires_at": db_now(lease_seconds), "updated_at": db_now()}
     if progress is not None:
         values["progress"] = progress
     statement = update(Job).where(*_owned_by(claim)).values(**values).returning(Job.state)
@@ -117,7 +153,7 @@ def finish(
     progress: dict | None = None,
 ) -> bool:
     """Record the outcome. False when the job was no longer ours (its lease expired and it went back to the queue)."""
-    now = utcnow()
+    now = db_now()
     values = {
         "state": state,
         "result": result,
@@ -137,7 +173,7 @@ def finish(
 def release(engine: Engine, claim: Claim) -> JobState | None:
     """Give a job back because this worker is stopping: it is queued again without counting the attempt
     (a job whose cancel was under way is cancelled instead)."""
-    now = utcnow()
+    now = db_now()
     common = {"worker_id": None, "lease_expires_at": None, "updated_at": now}
     with writing(engine) as session:
         state = session.execute(
@@ -161,7 +197,7 @@ def release(engine: Engine, claim: Claim) -> JobState | None:
 def expire_leases(engine: Engine, max_attempts: int) -> list[Expired]:
     """Jobs whose worker stopped heartbeating: queued again, or failed after `max_attempts`; a cancel under way
     completes (the worker that would have stopped the job is gone, and its job processes with it)."""
-    now = utcnow()
+    now = db_now()
     expired: list[Expired] = []
     with writing(engine) as session:
         rows = session.execute(
@@ -216,7 +252,9 @@ def note_expired(expired: list[Expired], settings: Settings) -> None:
 
 def register_worker(engine: Engine, worker_id: str, host: str, pid: int) -> None:
     with writing(engine) as session:
-        session.add(Worker(id=worker_id, host=host, pid=pid))
+        session.execute(
+            insert(Worker).values(id=worker_id, host=host, pid=pid, started_at=db_now(), heartbeat_at=db_now())
+        )
 
 
 def worker_heartbeat(engine: Engine, worker_id: str, job_id: str | None) -> None:
@@ -230,12 +268,11 @@ def unregister_worker(engine: Engine, worker_id: str) -> None:
 
 
 def forget_dead_workers(engine: Engine, older_than_seconds: float) -> int:
-    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
     with writing(engine) as session:
-        return session.execute(delete(Worker).where(col(Worker.heartbeat_at) < cutoff)).rowcount
+        return session.execute(delete(Worker).where(col(Worker.heartbeat_at) < db_now(-older_than_seconds))).rowcount
 
 
 def _set_worker_job(session, worker_id: str, job_id: str | None) -> None:
     session.execute(
-        update(Worker).where(col(Worker.id) == worker_id).values(job_id=job_id, heartbeat_at=utcnow())
+        update(Worker).where(col(Worker.id) == worker_id).values(job_id=job_id, heartbeat_at=db_now())
     )

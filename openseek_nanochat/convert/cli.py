@@ -23,13 +23,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flags.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=None,
                        help="stream a Hugging Face dataset instead of downloading it whole (default: on)")
     flags.add_argument("--split", help="dataset split (default: train)")
-    flags.add_argument("--output-dir", help="where shards go (default: <data dir>/datasets/<name>)")
+    flags.add_argument("--output-dir", help="a folder inside <data dir>/datasets/ (default: .../<name>)")
     flags.add_argument("--name", help="names the default output dir")
     flags.add_argument("--max-docs", type=int)
     flags.add_argument("--max-chars", type=int)
     flags.add_argument("--val-docs", type=int)
     flags.add_argument("--seed", type=int)
     flags.add_argument("--no-shuffle", action="store_true")
+    openseek = parser.add_argument_group(
+        "spec from an OpenSeek training config", "convert the Megatron parts an OpenSeek/FlagScale config trains on")
+    openseek.add_argument("--openseek-config", help="the training YAML: its data.data_path and data.tokenizer")
+    openseek.add_argument("--dataset-base-dir", help="what ${experiment.dataset_base_dir} stands for")
+    openseek.add_argument("--experiment-config", help="the Hydra experiment YAML that sets dataset_base_dir")
 
 
 def spec_from_flags(args: argparse.Namespace) -> dict:
@@ -58,13 +63,31 @@ def spec_from_flags(args: argparse.Namespace) -> dict:
     return spec
 
 
+def spec_from_openseek_config(args: argparse.Namespace) -> dict:
+    """One megatron source reading what the training config reads; the general flags apply as with --dataset."""
+    source = {"type": "megatron", "openseek_config": args.openseek_config}
+    for field in ("dataset_base_dir", "experiment_config"):
+        if getattr(args, field):
+            source[field] = getattr(args, field)
+    args.dataset = args.openseek_config
+    spec = spec_from_flags(args)
+    spec["sources"] = [source]
+    if not args.name:  # the output dir is named after the config file
+        spec["name"] = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(args.openseek_config).stem).strip("._-")[:128]
+    return spec
+
+
 def load_spec_dict(args: argparse.Namespace) -> dict:
-    if args.spec and args.dataset:
-        raise SystemExit("give either a SPEC file or --dataset, not both")
+    if sum(map(bool, (args.spec, args.dataset, args.openseek_config))) > 1:
+        raise SystemExit("give one of a SPEC file, --dataset or --openseek-config")
+    if (args.dataset_base_dir or args.experiment_config) and not args.openseek_config:
+        raise SystemExit("--dataset-base-dir and --experiment-config go with --openseek-config")
+    if args.openseek_config:
+        return spec_from_openseek_config(args)
     if args.dataset:
         return spec_from_flags(args)
     if not args.spec:
-        raise SystemExit("give a SPEC file (or - for stdin), or --dataset; see --help")
+        raise SystemExit("give a SPEC file (or - for stdin), --dataset or --openseek-config; see --help")
     text = sys.stdin.read() if args.spec == "-" else Path(args.spec).read_text()
     try:
         return json.loads(text)

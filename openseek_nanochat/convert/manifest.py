@@ -7,7 +7,9 @@ the same fingerprint and refuses any other: a different spec or changed inputs a
 
 `owner` names the job that owns the folder (what `DELETE /jobs/{id}?purge=true` may remove): the job that created the
 manifest, or the last one that resumed it while it was incomplete. A job that finds it complete writes nothing and
-owns nothing. The owner is not part of the fingerprint, so a resubmitted spec still resumes.
+owns nothing. The owner is not part of the fingerprint, so a resubmitted spec still resumes. `attempt` names the
+owner's attempt that took the folder: before each rename into it, a run checks that the manifest still names its own
+job and attempt (fence.py), so a superseded attempt renames nothing.
 """
 
 import json
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from openseek_nanochat.atomic import temp_path, write_json_atomic
+from openseek_nanochat.convert import fence
 from openseek_nanochat.convert.mixture import SourceReader
 from openseek_nanochat.convert.shards import ShardInfo, list_shards
 from openseek_nanochat.convert.sources import TextSource
@@ -30,9 +33,12 @@ FORMAT = "openseek-nanochat.convert/1"
 class Manifest:
     """The manifest of one output dir: the shards recorded so far and what each source contributed to them."""
 
-    def __init__(self, out: Path, spec: ConvertSpec, sources: list[TextSource], owner: str | None = None):
+    def __init__(self, out: Path, spec: ConvertSpec, sources: list[TextSource], owner: str | None = None,
+                 attempt: int | None = None):
         self.out = out
         self.owner = owner
+        self.attempt = attempt
+        self.taken = False  # whether this run has written the manifest (from then on, every write is fenced)
         self.sources = sources
         inputs = [{"source": s.name, "files": s.fingerprint()} for s in sources]
         self.fingerprint = {"spec": spec.fingerprint_fields(), "inputs": inputs}
@@ -60,6 +66,7 @@ class Manifest:
                     "refusing to mix old and new data. Delete the output dir to start over", str(self.out))
             if manifest["complete"]:
                 return manifest
+            fence.superseded_at_open(manifest, self.owner, self.attempt, str(path))
             self.shards = manifest["shards"]
             self.resume_from = manifest.get("resume")
             if self.resume_from:
@@ -73,7 +80,12 @@ class Manifest:
         for path in list(self.out.glob(temp_path(Path("*")).name)) + stale:
             path.unlink()
         self.write(complete=False, resume=self.resume_from)
+        self.taken = True
         return None
+
+    def check_fence(self) -> None:
+        """Before a rename into the folder: raise fence.Superseded unless the manifest still names this run."""
+        fence.check(read(self.out), self.owner, self.attempt, str(self.out / NAME))
 
     def record(self, info: ShardInfo) -> None:
         self.shards.append(info.public())
@@ -88,11 +100,14 @@ class Manifest:
 
     def write(self, complete: bool, resume: dict | None, readers: list[SourceReader] | None = None) -> dict:
         """Write the manifest as it stands; `readers` (the stream's, once it runs) add epochs, skips and stats."""
+        if self.taken:
+            self.check_fence()
         sources = self._source_summaries(readers)
         manifest = {
             "format": FORMAT,
             "complete": complete,
             "owner": self.owner,
+            "attempt": self.attempt,
             "output_dir": str(self.out),
             **self.fingerprint,
             "shards": self.shards,

@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from openseek_nanochat import procs
+from openseek_nanochat.convert import fence
 from openseek_nanochat.convert.manifest import Manifest
 from openseek_nanochat.convert.mixture import DocStream
 from openseek_nanochat.convert.prefetch import prefetch
@@ -106,11 +107,11 @@ class _Run:
     """One conversion run's mutable state; `convert()` is the only entry point."""
 
     def __init__(self, spec: ConvertSpec, settings: Settings, on_progress: ProgressCallback | None,
-                 job_id: str | None):
+                 job_id: str | None, attempt: int | None):
         self.spec = spec
         self.out = Path(spec.output_dir)
         self.sources = build_sources(spec, settings)
-        self.manifest = Manifest(self.out, spec, self.sources, owner=job_id)
+        self.manifest = Manifest(self.out, spec, self.sources, owner=job_id, attempt=attempt)
         self.holdback = spec.val_docs or AUTO_VAL_MAX
         self.progress = Progress(on_progress)
         self.stream: DocStream | None = None
@@ -128,7 +129,7 @@ class _Run:
                                 max_docs=spec.max_docs, max_chars=spec.max_chars)
         writer = ShardWriter(self.out, num_sources=len(self.sources), row_group_size=spec.row_group_size,
                              chars_per_shard=spec.chars_per_shard, rows_per_shard=spec.rows_per_shard,
-                             first_index=len(self.manifest.shards))
+                             first_index=len(self.manifest.shards), before_publish=self.manifest.check_fence)
         try:
             return self._write(writer)
         finally:
@@ -218,13 +219,17 @@ def _pop_front(ring: list[pa.Table], ring_rows: int, rows: int):
 
 
 def convert(spec: ConvertSpec, settings: Settings | None = None, on_progress: ProgressCallback | None = None,
-            job_id: str | None = None) -> dict:
-    """Run (or resume) a conversion; returns the final manifest. Raises InputError for bad input.
+            job_id: str | None = None, attempt: int | None = None) -> dict:
+    """Run (or resume) a conversion; returns the final manifest. Raises InputError for bad input, and its kind
+    fence.Superseded when a later attempt of the job took the output over.
 
     `job_id` (default: the job this process runs for, procs.JOB_ID_ENV) names the default output dir and becomes the
-    manifest's owner, unless the output is already complete: a finished dataset keeps the job that made it.
+    manifest's owner, unless the output is already complete: a finished dataset keeps the job that made it. `attempt`
+    (default: the worker's, procs.JOB_ATTEMPT_ENV) is the owner's attempt, which fences the output (fence.py).
     """
     settings = settings or get_settings()
     job_id = job_id or os.environ.get(procs.JOB_ID_ENV)
+    attempt = attempt if attempt is not None else procs.job_attempt()
     spec = prepare(spec, settings, job_id)
-    return _Run(spec, settings, on_progress, job_id).run()
+    with fence.hold(Path(spec.output_dir)):
+        return _Run(spec, settings, on_progress, job_id, attempt).run()

@@ -8,6 +8,7 @@ groups matter).
 """
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -63,8 +64,9 @@ class ShardWriter:
     """Takes documents in order (tables with text, source, chars) and writes shards as they fill."""
 
     def __init__(self, out_dir: Path, *, num_sources: int, row_group_size: int, chars_per_shard: int,
-                 rows_per_shard: int | None, first_index: int = 0):
+                 rows_per_shard: int | None, first_index: int = 0, before_publish: Callable[[], None] | None = None):
         self.out_dir = out_dir
+        self.before_publish = before_publish  # the run's fencing check (fence.py): it raises to stop a rename
         self.num_sources = num_sources
         self.row_group_size = row_group_size
         self.chars_per_shard = chars_per_shard
@@ -159,6 +161,8 @@ class ShardWriter:
         writer.close()
         fsync_file(tmp)
         final = self.out_dir / shard_name(self.index)
+        if self.before_publish is not None:
+            self.before_publish()
         publish(tmp, final)
         info = ShardInfo(file=final.name, rows=counters["rows"], chars=counters["chars"], bytes=final.stat().st_size,
                          row_groups=counters["row_groups"], sha256=sha256_of(final), split=split,

@@ -7,7 +7,7 @@ import math
 import string
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 
 class StrictModel(BaseModel):
@@ -98,7 +98,65 @@ class HFTokenizerSpec(StrictModel):
     path: str = Field(description="A Hugging Face tokenizer.json.")
 
 
-TokenizerSpec = Annotated[QwenTokenizerSpec | HFTokenizerSpec, Field(discriminator="type")]
+class TiktokenTokenizerSpec(StrictModel):
+    type: Literal["tiktoken"] = "tiktoken"
+    path: str = Field(description="Any tiktoken ranks file (base64 token, rank per line; Llama 3's tokenizer.model). "
+                      "Ids past the file are special tokens and vanish from the text.")
+
+
+# Megatron's --tokenizer-type values this source reads, and the arguments each needs (its --vocab-file, ...).
+MEGATRON_TOKENIZER_ARGS = {
+    "GPT2BPETokenizer": ("vocab_file", "merge_file"),
+    "HuggingFaceTokenizer": ("tokenizer_model",),
+    "SentencePieceTokenizer": ("tokenizer_model",),
+    "GPTSentencePieceTokenizer": ("tokenizer_model",),
+    "Llama2Tokenizer": ("tokenizer_model",),
+    "QwenTokenizerFS": ("tokenizer_path",),
+}
+
+
+class MegatronTokenizerSpec(StrictModel):
+    """Megatron's own tokenizer arguments, pasted from a training command or config (`tokenizer_type` and its files).
+
+    vocab_size and make_vocab_size_divisible_by only pad Megatron's embedding: accepted so a config pastes as is.
+    """
+
+    tokenizer_type: Literal[tuple(MEGATRON_TOKENIZER_ARGS)]  # type: ignore[valid-type]
+    vocab_file: str | None = Field(default=None, description="GPT2BPETokenizer: GPT-2's vocab.json.")
+    merge_file: str | None = Field(default=None, description="GPT2BPETokenizer: GPT-2's merges.txt.")
+    tokenizer_model: str | None = Field(
+        default=None, description="A tokenizer.json or its folder (HuggingFaceTokenizer), or a SentencePiece .model.")
+    tokenizer_path: str | None = Field(default=None, description="QwenTokenizerFS: the folder holding qwen.tiktoken.")
+    vocab_size: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    make_vocab_size_divisible_by: int | None = Field(default=None, ge=1, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _has_its_files(self):
+        needed = MEGATRON_TOKENIZER_ARGS[self.tokenizer_type]
+        missing = [name for name in needed if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"tokenizer_type {self.tokenizer_type} needs {' and '.join(missing)}")
+        unused = [name for name in ("vocab_file", "merge_file", "tokenizer_model", "tokenizer_path")
+                  if name not in needed and getattr(self, name) is not None]
+        if unused:
+            raise ValueError(f"tokenizer_type {self.tokenizer_type} takes no {' or '.join(unused)}")
+        return self
+
+
+def _tokenizer_form(value) -> str | None:
+    """Which tokenizer model a value means: its `type`, or Megatron's arguments when it has `tokenizer_type`."""
+    if isinstance(value, dict):
+        return value.get("type") or ("megatron" if "tokenizer_type" in value else None)
+    return "megatron" if isinstance(value, MegatronTokenizerSpec) else getattr(value, "type", None)
+
+
+TokenizerSpec = Annotated[
+    Annotated[QwenTokenizerSpec, Tag("qwen")] | Annotated[HFTokenizerSpec, Tag("hf")]
+    | Annotated[TiktokenTokenizerSpec, Tag("tiktoken")] | Annotated[MegatronTokenizerSpec, Tag("megatron")],
+    Discriminator(_tokenizer_form, custom_error_type="tokenizer_form", custom_error_message=(
+        "a tokenizer is {'type': 'qwen' | 'hf' | 'tiktoken', 'path': ...} or Megatron's arguments "
+        "{'tokenizer_type': ..., ...}")),
+]
 
 
 class MegatronSource(StrictModel):
@@ -111,17 +169,35 @@ class MegatronSource(StrictModel):
         description="Megatron's blend list as OpenSeek's configs write it: weight, prefix, weight, prefix, ...",
         examples=[[3.0, "/data/arxiv/007_00000_text_document", 1.0, "/data/zh_cc/part_28_text_document"]],
     )
-    tokenizer: TokenizerSpec
+    openseek_config: str | None = Field(
+        default=None,
+        description="An OpenSeek/FlagScale training YAML: its data.data_path, and its data.tokenizer unless "
+        "'tokenizer' is given.",
+    )
+    dataset_base_dir: str | None = Field(
+        default=None, description="What ${experiment.dataset_base_dir} stands for in the openseek_config.")
+    experiment_config: str | None = Field(
+        default=None, description="The Hydra experiment YAML that sets experiment.dataset_base_dir (instead of "
+        "dataset_base_dir); a relative base dir is taken from that file's folder.")
+    tokenizer: TokenizerSpec | None = Field(default=None, description="Required unless an openseek_config names one.")
     weight: Weight = 1.0
 
     @model_validator(mode="after")
-    def _one_of_prefixes_or_data_path(self):
-        if (self.prefixes is None) == (self.data_path is None):
-            raise ValueError("give exactly one of 'prefixes' or 'data_path'")
+    def _one_of_prefixes_data_path_or_config(self):
+        given = [name for name in ("prefixes", "data_path", "openseek_config") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'prefixes', 'data_path' or 'openseek_config'")
         if self.prefixes is not None and not self.prefixes:
             raise ValueError("'prefixes' is empty")
         if self.data_path is not None:
             weighted_prefixes(self.data_path)  # validates the shape
+        if self.openseek_config is None:
+            if self.tokenizer is None:
+                raise ValueError("'tokenizer' is required (only an openseek_config can name it instead)")
+            if self.dataset_base_dir is not None or self.experiment_config is not None:
+                raise ValueError("'dataset_base_dir' and 'experiment_config' only go with 'openseek_config'")
+        if self.dataset_base_dir is not None and self.experiment_config is not None:
+            raise ValueError("give 'dataset_base_dir' or 'experiment_config', not both")
         return self
 
 
@@ -156,7 +232,9 @@ class ConvertSpec(StrictModel):
         default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="Names the default output dir."
     )
     sources: list[Source] = Field(min_length=1, description="Weighted sources, interleaved and shuffled together.")
-    output_dir: str | None = Field(default=None, description="Default: <data dir>/datasets/<name or job id>.")
+    output_dir: str | None = Field(
+        default=None, description="A folder inside <data dir>/datasets/. Default: <data dir>/datasets/<name or job id>."
+    )
     chars_per_shard: int = Field(
         default=250_000_000, gt=0, le=MAX_CHARS, description="Characters per shard (nanochat: 250M).")
     rows_per_shard: int | None = Field(

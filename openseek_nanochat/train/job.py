@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from openseek_nanochat import paths, procs
+from openseek_nanochat.convert import manifest as manifest_file
 from openseek_nanochat.convert.shards import list_shards
 from openseek_nanochat.errors import InputError
 from openseek_nanochat.events import emit as emit_event
@@ -61,7 +62,8 @@ def resolve_dataset(dataset: str, settings: Settings, lookup: Callable[[str], st
 
 
 def check_shards(shard_dir: Path, nproc_per_node: int) -> list[Path]:
-    """Enough shards, a `text` column, and a row group for every rank in both splits (or a rank would get no data)."""
+    """Enough shards, a complete manifest that lists them, a `text` column, and a row group for every rank in both
+    splits (or a rank would get no data)."""
     shards = list_shards(shard_dir)
     if len(shards) < 2:
         raise InputError(
@@ -69,6 +71,7 @@ def check_shards(shard_dir: Path, nproc_per_node: int) -> list[Path]:
             "(train shards, then the validation shard last)",
             where="dataset",
         )
+    check_manifest(shard_dir, shards)
     try:
         for path in (shards[0], shards[-1]):
             if "text" not in pq.read_schema(path).names:
@@ -90,6 +93,34 @@ def check_shards(shard_dir: Path, nproc_per_node: int) -> list[Path]:
                 where="dataset",
             )
     return shards
+
+
+def check_manifest(shard_dir: Path, shards: list[Path]) -> None:
+    """The dataset is whole: its manifest says the conversion completed, and lists exactly the shards there are, at the
+    sizes it wrote (a folder still being written, or cut short by a crash, trains on part of the data or on a part of
+    a file)."""
+    found = manifest_file.read(shard_dir)
+    if found is None:
+        raise InputError(f"{shard_dir} has no readable {manifest_file.NAME}: a dataset is the output of a finished "
+                         "convert job, whose manifest lists its shards", where="dataset")
+    if found.get("complete") is not True:
+        raise InputError(f"{shard_dir} holds an unfinished conversion ({manifest_file.NAME} says complete: false): "
+                         "finish (or re-run) the convert job first", where="dataset")
+    listed = found.get("shards")
+    listed = {s.get("file"): s.get("bytes") for s in listed if isinstance(s, dict)} if isinstance(listed, list) else {}
+    on_disk = {path.name: path.stat().st_size for path in shards}
+    if sorted(listed) != sorted(on_disk):
+        raise InputError(f"{shard_dir}'s {manifest_file.NAME} lists {len(listed)} shard(s) but the folder holds "
+                         f"{len(on_disk)} ({_first_difference(listed, on_disk)})", where="dataset")
+    if changed := sorted(name for name, size in on_disk.items() if listed[name] is not None and listed[name] != size):
+        raise InputError(f"{changed[0]} in {shard_dir} has {on_disk[changed[0]]:,} bytes, but its manifest says "
+                         f"{listed[changed[0]]:,}: the shard was changed or cut short", where="dataset")
+
+
+def _first_difference(listed: dict, on_disk: dict) -> str:
+    if missing := sorted(set(listed) - set(on_disk)):
+        return f"{missing[0]} is missing"
+    return f"{sorted(set(on_disk) - set(listed))[0]} is not in the manifest"
 
 
 def _check_device(spec: TrainSpec) -> None:

@@ -1,8 +1,11 @@
 """Local files: JSONL (also .gz/.zst), parquet, Arrow IPC/feather, and plain text (one document per file).
 
-Cursor: {"file": index into the sorted file list, "row": record index inside that file}. JSONL is read with Arrow's
-streaming JSON reader; when it rejects a block, the file continues through Python's json line by line from the first
-row not yet yielded, so a malformed line is reported as file:line (on_error="fail") or dropped and counted ("skip").
+Cursor: {"file": index into the sorted file list, "row": record index inside that file}; a JSONL batch adds "byte",
+where its first line starts in the (decompressed) file. JSONL is cut into blocks of whole lines, each parsed by
+Arrow's JSON reader, so each batch's byte offset is known and a resume starts there instead of parsing the file up to
+the cursor again: a plain file is seeked, a compressed one (gzip and zstd streams cannot seek) decompressed up to it
+unparsed. When Arrow rejects a block, the file continues through Python's json line by line from the first row not
+yet yielded, so a malformed line is reported as file:line (on_error="fail") or dropped and counted ("skip").
 """
 
 import io
@@ -49,6 +52,40 @@ def detect_format(path: Path) -> str:
     if name.endswith(TEXT_SUFFIXES):
         return "text"
     raise InputError("cannot tell the format from the file name; set \"format\" on the source", str(path))
+
+
+def _line_blocks(stream: pa.NativeFile, offset: int) -> Iterator[tuple[int, pa.Buffer]]:
+    """(offset, block): whole lines, about JSON_BLOCK_BYTES at a time (a longer line is a block of its own)."""
+    carry = b""
+    while True:
+        data = stream.read(JSON_BLOCK_BYTES)
+        if not data:
+            if carry.strip():
+                yield offset, pa.py_buffer(carry)
+            return
+        data = carry + data if carry else data
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            yield offset, pa.py_buffer(data[:cut])
+            offset += cut
+        carry = data[cut:]
+
+
+def _skip_to(stream: pa.NativeFile, raw: pa.NativeFile, offset: int, path: Path) -> None:
+    """Move `stream` to decompressed byte `offset`: a seek on a plain file, unparsed reading on a compressed one."""
+    if not offset:
+        return
+    if stream is raw:
+        if offset > raw.size():
+            raise InputError(f"the resume point (byte {offset}) is past the end: the file changed", str(path))
+        raw.seek(offset)
+        return
+    left = offset
+    while left:
+        skipped = len(stream.read(min(left, JSON_BLOCK_BYTES)))
+        if not skipped:
+            raise InputError(f"the resume point (byte {offset}) is past the end: the file changed", str(path))
+        left -= skipped
 
 
 def _open_stream(path: Path) -> tuple[pa.NativeFile, pa.NativeFile]:
@@ -122,11 +159,14 @@ class FilesTextSource:
 
     def read(self, cursor: dict | None = None) -> Iterator[Batch]:
         start_file, start_row = (cursor["file"], cursor["row"]) if cursor else (0, 0)
+        start_byte = cursor.get("byte") if cursor else None  # cursors of JSONL batches (older ones have none)
         for index in range(start_file, len(self.files)):
             path, fmt = self.files[index], self.formats[index]
             row = start_row if index == start_file else 0
-            reader = {"jsonl": self._read_jsonl, "parquet": self._read_parquet, "arrow": self._read_arrow,
-                      "text": self._read_text}[fmt]
+            if fmt == "jsonl":
+                yield from self._read_jsonl(index, path, row, start_byte if index == start_file else None)
+                continue
+            reader = {"parquet": self._read_parquet, "arrow": self._read_arrow, "text": self._read_text}[fmt]
             yield from reader(index, path, row)
             if fmt == "text":
                 return  # text files are batched across files by _read_text itself
@@ -211,21 +251,24 @@ class FilesTextSource:
         return pa.schema([peeked.field(c) if not pa.types.is_null(peeked.field(c).type) else pa.field(c, pa.string())
                           for c in needed_columns(self.spec)])
 
-    def _read_jsonl(self, index: int, path: Path, row: int) -> Iterator[Batch]:
+    def _read_jsonl(self, index: int, path: Path, row: int, byte: int | None = None) -> Iterator[Batch]:
+        """Rows from `row` on; `byte`, when known, is where row `row` starts, and reading begins there."""
         schema = self._json_schema(path)
-        done = 0
+        read_options = pj.ReadOptions(block_size=JSON_BLOCK_BYTES, use_threads=True)
+        parse_options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+        done, offset = (row, byte) if byte is not None else (0, 0)
         stream, raw = _open_stream(path)
         try:
-            reader = pj.open_json(
-                stream,
-                read_options=pj.ReadOptions(block_size=JSON_BLOCK_BYTES, use_threads=True),
-                parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
-            )
-            for record_batch in reader:
-                if done + record_batch.num_rows > row:
+            _skip_to(stream, raw, offset, path)
+            for block_offset, block in _line_blocks(stream, offset):
+                table = pj.read_json(pa.BufferReader(block), read_options=read_options, parse_options=parse_options)
+                if done + table.num_rows > row:
                     cut = max(0, row - done)
-                    yield self._batch(index, done + cut, record_batch.slice(cut), path, bytes_read=raw.tell())
-                done += record_batch.num_rows
+                    batch = self._batch(index, done + cut, table.slice(cut), path, bytes_read=raw.tell())
+                    if cut == 0:
+                        batch.cursor["byte"] = block_offset
+                    yield batch
+                done += table.num_rows
             return
         except pa.ArrowInvalid:
             pass  # a malformed line or a type that changed: continue line by line from the first row not yet yielded

@@ -80,8 +80,8 @@ class HFTextSource:
                 if isinstance(ds, datasets.DatasetDict):
                     ds = ds[spec.split]
                 return ds.to_iterable_dataset() if streaming else ds
-            builder = datasets.load_dataset_builder(str(self.local_dir or spec.dataset), spec.name,
-                                                    cache_dir=str(cache_dir(self.settings) / "hf" / "datasets"))
+            cache = cache_environment(self.settings)["HF_DATASETS_CACHE"]  # also when `datasets` came in before us
+            builder = datasets.load_dataset_builder(str(self.local_dir or spec.dataset), spec.name, cache_dir=cache)
             data_files = builder.config.data_files if self.local_dir is not None else None
             for split, files in (data_files or {}).items():
                 if self._outside_roots(files):
@@ -110,8 +110,9 @@ class HFTextSource:
     def fingerprint(self) -> list[dict]:
         if self.local_dir is None:
             return [{"dataset": self.spec.dataset, "name": self.spec.name, "split": self.spec.split}]
-        files = sorted(self.local_dir.rglob("*"))
-        return [file_fingerprint(p) for p in files if p.is_file() and ".cache" not in p.parts]
+        files = [p for p in sorted(self.local_dir.rglob("*")) if p.is_file() and ".cache" not in p.parts]
+        # A link out of the roots is never read, and its target's size and time must not reach the manifest either.
+        return [file_fingerprint(p) for p in files if in_input_roots(p, self.settings)]
 
     def read(self, cursor: dict | None = None) -> Iterator[Batch]:
         from openseek_nanochat.convert.sources.text import select_text

@@ -7,17 +7,19 @@ its `.bin` beside it.
 
 `prefixes` become one source reading its parts in order; `data_path` (Megatron's `w1, prefix1, w2, prefix2, ...`)
 becomes one source per entry, weighted spec.weight * w_i / sum(w). Cursor: {"part": k, "doc": i}, the first document
-of a batch. Batches hold about BATCH_TOKENS tokens of whole documents.
+of a batch.
 
-Decoding runs on DECODE_THREADS threads, DECODE_THREADS batches ahead of the consumer: the work (page faults on the
-memory map, Arrow's take, UTF-8 validation) happens outside the GIL, so it scales with cores and overlaps with whatever
-the consumer does with the previous batch. All sources share one pool, so a data_path of 84 parts read side by side
-holds at most 84 * (DECODE_THREADS + 1) batches, not 84 pools' worth of threads.
+Decoding runs on DECODE_THREADS threads, up to DECODE_THREADS batches ahead of the consumer: the work (page faults on
+the memory map, Arrow's take, UTF-8 validation) happens outside the GIL, so it scales with cores and overlaps with
+whatever the consumer does with the previous batch. All sources share one pool, and the sources of one spec share one
+read-ahead budget (ReadAhead): a data_path of 84 parts read side by side holds about as much text as one part does.
 """
 
 import functools
 import glob
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,16 +27,24 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from openseek_nanochat.convert.sources.base import Batch, file_fingerprint
-from openseek_nanochat.convert.sources.detok import Detokenizer, load_detokenizer
+from openseek_nanochat.convert.sources.detok import Detokenizer
 from openseek_nanochat.convert.sources.megatron_index import MegatronIndex, prefix_paths
-from openseek_nanochat.convert.spec import MegatronSource, weighted_prefixes
+from openseek_nanochat.convert.sources.openseek_config import read_openseek_config
+from openseek_nanochat.convert.sources.tokenizer_forms import load_tokenizer
+from openseek_nanochat.convert.spec import MegatronSource, MegatronTokenizerSpec, weighted_prefixes
 from openseek_nanochat.errors import InputError
-from openseek_nanochat.paths import check_input_path, glob_inputs
+from openseek_nanochat.paths import GLOB_SECONDS, check_input_path, glob_inputs
 from openseek_nanochat.settings import Settings
 
 BATCH_TOKENS = 1 << 20  # about 3-4 MB of text with the Qwen vocabulary, English or Chinese
+# Tokens all the sources of one spec hold decoded ahead of the consumer, and the most a batch of each may hold when many
+# are read side by side: memory flat in the number of parts. Batches never get smaller than MIN_BATCH_TOKENS, where
+# the cost per batch would start to show.
+READ_AHEAD_TOKENS = 8 << 20
+MIN_BATCH_TOKENS = 1 << 14
 BATCH_DOCS = 16_384  # bounds batches of tiny documents, and how far ahead a batch is planned
 DECODE_THREADS = min(4, os.cpu_count() or 1)
+MISSING_SHOWN = 3  # missing parts named in the error; the rest are counted
 
 
 @functools.cache
@@ -45,12 +55,13 @@ def decode_pool(threads: int) -> ThreadPoolExecutor:
 def expand_prefixes(patterns: list[str], settings: Settings) -> list[str]:
     """Part prefixes in order (see the module doc), both files of each checked against the input roots."""
     prefixes = []
+    deadline = time.monotonic() + GLOB_SECONDS
     for pattern in patterns:
         pattern = os.path.expanduser(pattern)
         if pattern.endswith((".idx", ".bin")):
             pattern = pattern[:-4]
         if glob.has_magic(pattern):
-            found = [m[:-4] for m in glob_inputs(pattern + ".idx", settings)]  # walked safely (paths.py)
+            found = [m[:-4] for m in glob_inputs(pattern + ".idx", settings, deadline)]
             if not found:
                 raise InputError(f"no Megatron index matches {pattern + '.idx'!r}", pattern)
         else:
@@ -63,23 +74,55 @@ def expand_prefixes(patterns: list[str], settings: Settings) -> list[str]:
     return prefixes
 
 
-def batch_ranges(index: MegatronIndex, doc: int = 0) -> Iterator[tuple[int, int]]:
-    """Runs of whole documents from `doc` on, each about BATCH_TOKENS tokens (at least one document)."""
+def batch_ranges(index: MegatronIndex, doc: int = 0, batch_tokens: int | None = None) -> Iterator[tuple[int, int, int]]:
+    """Runs of whole documents from `doc` on, each about `batch_tokens` (default BATCH_TOKENS) tokens, at least one
+    document: (start, stop, tokens)."""
+    batch_tokens = batch_tokens or BATCH_TOKENS
     while doc < index.num_documents:
         ahead = min(index.num_documents, doc + BATCH_DOCS)
-        ends = index.document_offsets(doc, ahead)[1:]
-        stop = doc + max(1, int(np.searchsorted(ends, BATCH_TOKENS, side="right")))
-        yield doc, stop
-        doc = stop
+        ends = index.document_offsets(doc, ahead)
+        count = max(1, int(np.searchsorted(ends[1:] - ends[0], batch_tokens, side="right")))
+        yield doc, doc + count, int(ends[count] - ends[0])
+        doc += count
+
+
+class ReadAhead:
+    """The read-ahead budget of all the sources one spec builds (a data_path makes one source per part).
+
+    Each source's batches hold READ_AHEAD_TOKENS / sources tokens (within MIN_BATCH_TOKENS..BATCH_TOKENS), so the
+    batches the consumer holds, one per source, add up to about the budget whatever the number of parts; and all of
+    them together decode at most READ_AHEAD_TOKENS ahead. A source finding the budget spent still reads: one batch at
+    a time, when the consumer asks for it, so no source ever waits on another. The batch size depends only on the spec
+    (never on the machine), so the output does too.
+    """
+
+    def __init__(self, sources: int = 1):
+        self.batch_tokens = int(np.clip(READ_AHEAD_TOKENS // max(1, sources), MIN_BATCH_TOKENS, BATCH_TOKENS))
+        self.budget = READ_AHEAD_TOKENS
+        self.in_flight = 0
+        self.lock = threading.Lock()
+
+    def take(self, tokens: int, force: bool) -> bool:
+        with self.lock:
+            if not force and self.in_flight + tokens > self.budget:
+                return False
+            self.in_flight += tokens
+            return True
+
+    def release(self, tokens: int) -> None:
+        with self.lock:
+            self.in_flight -= tokens
 
 
 class MegatronTextSource:
-    def __init__(self, name: str, weight: float, prefixes: list[str], detokenizer: Detokenizer, tokenizer_path: str):
+    def __init__(self, name: str, weight: float, prefixes: list[str], detokenizer: Detokenizer, files: list[str],
+                 read_ahead: ReadAhead | None = None):
         self.name = name
         self.weight = weight
         self.prefixes = prefixes
         self.detokenizer = detokenizer
-        self.tokenizer_path = tokenizer_path
+        self.files = files  # the tokenizer's files and any config read: a change to one is another input
+        self.read_ahead = read_ahead or ReadAhead()
 
     def _open(self, prefix: str) -> MegatronIndex:
         index = MegatronIndex(prefix)
@@ -93,7 +136,7 @@ class MegatronTextSource:
 
     def fingerprint(self) -> list[dict]:
         parts = [file_fingerprint(path) for prefix in self.prefixes for path in prefix_paths(prefix)]
-        return parts + [file_fingerprint(self.tokenizer_path)]
+        return parts + [file_fingerprint(path) for path in self.files]
 
     def read(self, cursor: dict | None = None) -> Iterator[Batch]:
         start_part, start_doc = (cursor["part"], cursor["doc"]) if cursor else (0, 0)
@@ -101,20 +144,32 @@ class MegatronTextSource:
         docs_before = np.cumsum([0] + [index.num_documents for index in indexes])
         total = max(int(docs_before[-1]), 1)
         pool = decode_pool(DECODE_THREADS)
-        pending: deque = deque()
+        budget = self.read_ahead
+        ranges = ((part, *run) for part in range(start_part, len(indexes))
+                  for run in batch_ranges(indexes[part], start_doc if part == start_part else 0, budget.batch_tokens))
+        pending: deque = deque()  # (future, tokens)
+        following = next(ranges, None)
         try:
-            for part in range(start_part, len(indexes)):
-                first = start_doc if part == start_part else 0
-                for start, stop in batch_ranges(indexes[part], first):
+            while True:
+                # Queue what the budget allows; with nothing queued, the batch asked for now, budget or not.
+                while following and len(pending) < DECODE_THREADS and budget.take(following[3], not pending):
+                    part, start, stop, tokens = following
                     progress = (docs_before[part] + stop) / total
-                    pending.append(pool.submit(self._decode, part, indexes[part], start, stop, progress))
-                    if len(pending) > DECODE_THREADS:
-                        yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+                    pending.append((pool.submit(self._decode, part, indexes[part], start, stop, progress), tokens))
+                    following = next(ranges, None)
+                if not pending:
+                    return
+                future, tokens = pending[0]
+                try:
+                    batch = future.result()
+                finally:
+                    pending.popleft()
+                    budget.release(tokens)
+                yield batch
         finally:  # the consumer may stop early: drop the batches queued ahead for it
-            for future in pending:
+            for future, tokens in pending:
                 future.cancel()
+                budget.release(tokens)
 
     def _decode(self, part: int, index: MegatronIndex, start: int, stop: int, progress: float) -> Batch:
         tokens, offsets = index.read_documents(start, stop)
@@ -129,15 +184,38 @@ class MegatronTextSource:
                      stats={"decode_replacements": decoded.replacements, "tokens": len(tokens)})
 
 
+def check_parts_exist(prefixes: list[str], config: str) -> None:
+    """All at once: a config pointed at the wrong base dir misses every part, and should say so in one message."""
+    missing = [p for p in prefixes if not all(os.path.isfile(path) for path in prefix_paths(p))]
+    if missing:
+        shown = ", ".join(missing[:MISSING_SHOWN]) + (", ..." if len(missing) > MISSING_SHOWN else "")
+        raise InputError(f"{len(missing)} of the {len(prefixes)} parts its data_path names are missing "
+                         f"(no .idx and .bin): {shown}", config)
+
+
 def build_megatron_sources(spec: MegatronSource, settings: Settings) -> list[MegatronTextSource]:
-    detokenizer = load_detokenizer(spec.tokenizer, settings)  # loaded once, shared by every part
-    tokenizer_path = str(check_input_path(spec.tokenizer.path, settings))
+    data_path, tokenizer, files = spec.data_path, spec.tokenizer, []
+    if spec.openseek_config is not None:
+        config = read_openseek_config(spec, settings)
+        data_path, files = config.data_path, config.files
+        if tokenizer is None:
+            if config.tokenizer is None:
+                raise InputError("names no data.tokenizer: give the source a 'tokenizer'", spec.openseek_config)
+            tokenizer = MegatronTokenizerSpec.model_validate(config.tokenizer)
+    detokenizer, tokenizer_files = load_tokenizer(tokenizer, settings)  # loaded once, shared by every part
+    files = tokenizer_files + files
     if spec.prefixes is not None:
         name = spec.prefixes[0] if len(spec.prefixes) == 1 else f"{spec.prefixes[0]} (+{len(spec.prefixes) - 1} more)"
-        return [MegatronTextSource(name, spec.weight, expand_prefixes(spec.prefixes, settings), detokenizer,
-                                   tokenizer_path)]
-    pairs = weighted_prefixes(spec.data_path)
+        return [MegatronTextSource(name, spec.weight, expand_prefixes(spec.prefixes, settings), detokenizer, files,
+                                   ReadAhead())]
+    try:
+        pairs = weighted_prefixes(data_path)
+    except ValueError as e:
+        raise InputError(str(e), spec.openseek_config) from None
+    expanded = [expand_prefixes([prefix], settings) for _, prefix in pairs]
+    if spec.openseek_config is not None:
+        check_parts_exist([p for found in expanded for p in found], spec.openseek_config)
     total = sum(weight for weight, _ in pairs)
-    return [MegatronTextSource(prefix, spec.weight * weight / total, expand_prefixes([prefix], settings), detokenizer,
-                               tokenizer_path)
-            for weight, prefix in pairs]
+    read_ahead = ReadAhead(len(pairs))  # the parts are read side by side: one budget for all
+    return [MegatronTextSource(prefix, spec.weight * weight / total, found, detokenizer, files, read_ahead)
+            for (weight, prefix), found in zip(pairs, expanded)]

@@ -1,9 +1,10 @@
 """The nanochat backend's checks at submit: everything a job needs that can be known before it is queued.
 
 The checkout must look like nanochat's; the spec's flags must be flags of its base_train (read from its add_argument
-calls, nothing is run), extra_args may only add flags the spec does not set; the workers' Python must import what
-base_train (and tok_train, when it trains the tokenizer) imports, checked in a child process; and several ranks need
-as many CUDA devices. Each refusal is an InputError naming the field to fix.
+calls, nothing is run), extra_args may only add flags the spec does not set, each with as many values as the flag
+takes (a word that is neither a flag nor the value of the flag before it is refused); the workers' Python must import
+what base_train (and tok_train, when it trains the tokenizer) imports, checked in a child process; and several ranks
+need as many CUDA devices. Each refusal is an InputError naming the field to fix.
 """
 
 import ast
@@ -72,13 +73,47 @@ def resolve_checkout(spec: TrainSpec, settings: Settings) -> Path:
     return path
 
 
-def base_train_flags(nanochat_dir: Path) -> set[str]:
-    """The --flags this checkout's base_train accepts, read from its add_argument calls (nothing is run)."""
-    flags = set()
+# How many values a flag takes, by its add_argument `action` (argparse's own rules); the default is one.
+NO_VALUE_ACTIONS = {"store_true", "store_false", "store_const", "append_const", "count", "help", "version"}
+NARGS = {"?": (0, 1), "*": (0, None), "+": (1, None)}
+
+Arity = tuple[int, int | None]  # the fewest and the most values a flag takes (None: no limit)
+
+
+def base_train_flags(nanochat_dir: Path) -> dict[str, Arity]:
+    """The --flags this checkout's base_train accepts, and how many values each takes, read from its add_argument
+    calls (nothing is run)."""
+    flags: dict[str, Arity] = {}
     for node in ast.walk(_parse(nanochat_dir / script_path(BASE_TRAIN))):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
-            flags.update(a.value for a in node.args if isinstance(a, ast.Constant) and str(a.value).startswith("--"))
+            names = [a.value for a in node.args if isinstance(a, ast.Constant) and str(a.value).startswith("--")]
+            keywords = {k.arg: k.value for k in node.keywords}
+            arity = _arity(keywords.get("action"), keywords.get("nargs"))
+            for name in names:
+                flags[name] = arity
+                if _is_boolean_optional(keywords.get("action")):
+                    flags["--no-" + name[2:]] = arity
     return flags
+
+
+def _arity(action: ast.expr | None, nargs: ast.expr | None) -> Arity:
+    if _is_boolean_optional(action):
+        return (0, 0)
+    if isinstance(action, ast.Constant) and action.value in NO_VALUE_ACTIONS:
+        return (0, 0)
+    if action is not None and not isinstance(action, ast.Constant):
+        return (0, None)  # an action of the script's own: it may take any number
+    if nargs is None:
+        return (1, 1)
+    if isinstance(nargs, ast.Constant) and isinstance(nargs.value, int):
+        return (nargs.value, nargs.value)
+    if isinstance(nargs, ast.Constant) and nargs.value in NARGS:
+        return NARGS[nargs.value]
+    return (0, None)
+
+
+def _is_boolean_optional(action: ast.expr | None) -> bool:
+    return getattr(action, "attr", getattr(action, "id", None)) == "BooleanOptionalAction"
 
 
 def _parse(path: Path) -> ast.Module:
@@ -88,12 +123,16 @@ def _parse(path: Path) -> ast.Module:
         raise InputError(f"cannot read {path}: {e}", where="nanochat_dir") from None
 
 
-def check_flags(spec: TrainSpec, known: set[str]) -> None:
-    """extra_args: only flags base_train knows and the spec does not set; the spec's flags: all known here."""
-    for arg in spec.extra_args:
-        if not arg.startswith("-") or re.fullmatch(r"-[\d.]+(e-?\d+)?", arg):
-            continue  # the value of the flag before it
-        name = arg.split("=", 1)[0]
+def check_flags(spec: TrainSpec, known: dict[str, Arity]) -> None:
+    """extra_args: only flags base_train knows and the spec does not set, each followed by as many values as it takes
+    (or given one as --flag=value); the spec's flags: all known here."""
+    args, i = spec.extra_args, 0
+    while i < len(args):
+        arg = args[i]
+        name, has_value, _ = arg.partition("=")
+        if not arg.startswith("--"):
+            raise InputError(f"{arg!r} is neither a flag of this checkout's {script_path(BASE_TRAIN)} nor the value "
+                             "of the flag before it", where="extra_args")
         if name in SPEC_FLAGS:
             field = SPEC_FLAGS[name]
             raise InputError(f"{name} is the spec's field {field!r}: set {field} instead", where="extra_args")
@@ -102,10 +141,28 @@ def check_flags(spec: TrainSpec, known: set[str]) -> None:
         if name not in known:
             raise InputError(f"{name} is not a flag of this checkout's {script_path(BASE_TRAIN)} (use full flag "
                              "names)", where="extra_args")
+        fewest, most = known[name]
+        if has_value:
+            if most == 0:
+                raise InputError(f"{name} takes no value (it is a switch): give {name} alone", where="extra_args")
+            given = 1
+        else:
+            given = 0
+            while (most is None or given < most) and i + 1 + given < len(args) and _is_value(args[i + 1 + given]):
+                given += 1
+        if given < fewest:
+            raise InputError(f"{name} takes a value: give {name}=VALUE or {name} VALUE", where="extra_args")
+        i += 1 + (0 if has_value else given)
     missing = [f"{flag} (field {field!r})" for flag, field in SPEC_FLAGS.items() if flag not in known]
     if missing:
         raise InputError(f"this checkout's base_train lacks flags the spec sets: {', '.join(missing)}; "
                          "update the checkout", where="nanochat_dir")
+
+
+def _is_value(word: str) -> bool:
+    """What argparse takes for a value rather than a flag: a word not starting with '-', or a negative number (its
+    own pattern for one)."""
+    return not word.startswith("-") or re.fullmatch(r"-\d+|-\d*\.\d+", word) is not None
 
 
 def third_party_imports(nanochat_dir: Path, scripts: list[str]) -> list[str]:
