@@ -97,10 +97,12 @@ def main() -> None:
         ("ByteTableDetokenizer.decode", best_of(args.repeat, decode_batches)),
     ]
     for threads in sorted({int(n) for n in args.threads.split(",")}):
-        rows.append((f"MegatronTextSource.read, {threads} thread(s)", best_of(args.repeat, lambda n=threads: read_source(n))))
+        rows.append((f"MegatronTextSource.read, {threads} thread(s)",
+                     best_of(args.repeat, lambda n=threads: read_source(n))))
 
     baseline = text_bytes / rows[0][1]
-    print(f"{len(all_tokens):,} tokens, {text_bytes / 1e6:.1f} MB of text, {len(ranges)} batches, best of {args.repeat}")
+    print(f"{len(all_tokens):,} tokens, {text_bytes / 1e6:.1f} MB of text, {len(ranges)} batches, "
+          f"best of {args.repeat}")
     print(f"{'':<40} {'seconds':>8} {'MB/s':>8} {'vs tiktoken':>12}")
     for label, seconds in rows:
         speed = text_bytes / seconds

@@ -12,9 +12,11 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -217,3 +219,23 @@ def start_postgres() -> Iterator[str]:
             )
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def lock_sqlite(db: Path, seconds: float) -> threading.Thread:
+    """Someone else takes a SQLite database's write lock and keeps it `seconds` (its own connection, on a thread of the
+    test); returns once the lock is held. Join the thread to wait for its release."""
+    held = threading.Event()
+
+    def hold() -> None:
+        connection = sqlite3.connect(db, isolation_level=None, timeout=60)
+        connection.execute("BEGIN IMMEDIATE")
+        held.set()
+        time.sleep(seconds)
+        connection.execute("COMMIT")
+        connection.close()
+
+    thread = threading.Thread(target=hold, name="sqlite-write-lock")
+    thread.start()
+    if not held.wait(60):
+        raise TimeoutError(f"could not take the write lock of {db}")
+    return thread

@@ -5,11 +5,9 @@ in the database's clock, whatever the worker's host clock says."""
 import json
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,26 +26,16 @@ from app.jobs.migrate import upgrade
 from app.jobs.models import Job, JobState, new_job_id
 
 from convertutil import run_spec
-from serverutil import REPO, cli, shakespeare_jsonl, start_postgres, start_server, wait_for_state, wait_until
-
-
-def lock_database(db: Path, seconds: float) -> threading.Thread:
-    """Someone else takes the SQLite database's write lock and keeps it `seconds` (its own connection, on a thread of
-    the test); returns once the lock is held. Join the thread to wait for its release."""
-    held = threading.Event()
-
-    def hold() -> None:
-        connection = sqlite3.connect(db, isolation_level=None, timeout=60)
-        connection.execute("BEGIN IMMEDIATE")
-        held.set()
-        time.sleep(seconds)
-        connection.execute("COMMIT")
-        connection.close()
-
-    thread = threading.Thread(target=hold, name="write-lock")
-    thread.start()
-    assert held.wait(60), "could not take the write lock"
-    return thread
+from serverutil import (
+    REPO,
+    cli,
+    lock_sqlite,
+    shakespeare_jsonl,
+    start_postgres,
+    start_server,
+    wait_for_state,
+    wait_until,
+)
 
 
 def long_conversion(tmp_path: Path, name: str, copies: int) -> dict:
@@ -75,7 +63,7 @@ def test_a_write_lock_shorter_than_the_lease_costs_no_attempt(tmp_path):
         client = server.client
         job = client.post("/jobs/convert", json=long_conversion(tmp_path, "busy", copies=12)).json()
         wait_until(lambda: running_with_shards(client, job["id"], 1), timeout=60, what="the job writing shards")
-        lock_database(server.data_dir / "jobs.db", 12).join()
+        lock_sqlite(server.data_dir / "jobs.db", 12).join()
         done = wait_for_state(client, job["id"], "succeeded", timeout=120)
         log, server_log = log_text(server, job["id"]), server.log()
     assert done["attempts"] == 1, log
@@ -92,7 +80,7 @@ def test_a_lease_lost_to_a_slow_database_is_said_so_and_the_job_resumes(tmp_path
         job = client.post("/jobs/convert", json=long_conversion(tmp_path, "slow", copies=12)).json()
         worker = wait_until(lambda: running_with_shards(client, job["id"], 1), timeout=60,
                             what="the job writing shards")["worker_id"]
-        lock_database(server.data_dir / "jobs.db", 7).join()
+        lock_sqlite(server.data_dir / "jobs.db", 7).join()
         done = wait_for_state(client, job["id"], "succeeded", timeout=120)
         log = log_text(server, job["id"])
     assert done["attempts"] == 2, log

@@ -17,10 +17,12 @@ PARTS = 50
 
 
 def test_batches_shrink_as_parts_grow():
-    assert ReadAhead(1).batch_tokens == BATCH_TOKENS
-    assert ReadAhead(84).batch_tokens == READ_AHEAD_TOKENS // 84
-    assert ReadAhead(1000).batch_tokens == MIN_BATCH_TOKENS
-    assert 84 * ReadAhead(84).batch_tokens <= READ_AHEAD_TOKENS  # what the consumer holds, one batch a part
+    one, blend, many = ReadAhead(1), ReadAhead(84), ReadAhead(1000)
+    assert (one.batch_tokens, one.budget, one.ahead) == (BATCH_TOKENS, READ_AHEAD_TOKENS, megatron.DECODE_THREADS)
+    assert (blend.batch_tokens, blend.budget, blend.ahead) == (READ_AHEAD_TOKENS // 84, READ_AHEAD_TOKENS, 1)
+    assert 84 * blend.batch_tokens <= READ_AHEAD_TOKENS  # what the consumer holds, one batch a part
+    # Past the budget's worth of smallest batches, each part still has its next one decoding.
+    assert (many.batch_tokens, many.budget, many.ahead) == (MIN_BATCH_TOKENS, 1000 * MIN_BATCH_TOKENS, 1)
 
 
 @pytest.fixture

@@ -121,8 +121,9 @@ class WorkerRead(BaseModel):
     alive: bool = Field(description="It heartbeated within the lease time.")
 
     @classmethod
-    def of(cls, worker: Worker, lease_seconds: float) -> "WorkerRead":
-        alive = (utcnow() - worker.heartbeat_at).total_seconds() <= lease_seconds
+    def of(cls, worker: Worker, lease_seconds: float, now: datetime | None = None) -> "WorkerRead":
+        """`now`: the database's clock (queue.database_now), the one heartbeats are written in."""
+        alive = ((now or utcnow()) - worker.heartbeat_at).total_seconds() <= lease_seconds
         return cls.model_validate({**worker.model_dump(), "alive": alive})
 
 

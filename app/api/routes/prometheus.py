@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 
 from app.api.deps import EngineDep, SettingsDep
 from app.api.schemas import WorkerRead
-from app.jobs import stats, store
+from app.jobs import queue, stats, store
 from app.jobs.kinds import KINDS
 from app.jobs.models import JobState
 
@@ -74,7 +74,8 @@ def _workers(engine: Engine, lease_seconds: float) -> list[Metric]:
         "openseek_worker_last_heartbeat_timestamp_seconds", "gauge", "When each worker last heartbeated (Unix time)."
     )
     busy = Metric("openseek_worker_busy", "gauge", "1 while the worker runs a job, else 0.")
-    workers = [WorkerRead.of(w, lease_seconds) for w in store.list_workers(engine)]
+    now = queue.database_now(engine)
+    workers = [WorkerRead.of(w, lease_seconds, now) for w in store.list_workers(engine)]
     for state in (True, False):
         alive.add(sum(w.alive is state for w in workers), alive=str(state).lower())
     for w in workers:

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Depends
 
 from app.api.deps import EngineDep, SettingsDep, require_token
 from app.api.schemas import ErrorDetail, Health, WorkerRead
-from app.jobs import store
+from app.jobs import queue, store
 from app.jobs.db import ping, read_for_async
 
 router = APIRouter(tags=["system"])
@@ -28,4 +28,5 @@ async def healthz(engine: EngineDep) -> Health:
 )
 async def list_workers(engine: EngineDep, settings: SettingsDep) -> list[WorkerRead]:
     workers = await read_for_async(engine, store.list_workers)
-    return [WorkerRead.of(worker, settings.lease_seconds) for worker in workers]
+    now = await read_for_async(engine, queue.database_now)
+    return [WorkerRead.of(worker, settings.lease_seconds, now) for worker in workers]

@@ -157,14 +157,21 @@ def load_hf(path: Path) -> ByteTableDetokenizer | TokenizersDetokenizer:
     return ByteTableDetokenizer(table)
 
 
-def load_detokenizer(spec: QwenTokenizerSpec | HFTokenizerSpec, settings: Settings) -> Detokenizer:
-    path = check_input_path(spec.path, settings)
-    if not path.is_file():
-        raise InputError("no such tokenizer file", spec.path)
-    size = path.stat().st_size
+def tokenizer_file(path: str | Path, settings: Settings, field: str) -> Path:
+    """A tokenizer file a spec names (in its `field`): inside the input roots, a file, not absurdly large (checked
+    before a byte is read)."""
+    resolved = check_input_path(path, settings)
+    if not resolved.is_file():
+        raise InputError("no such tokenizer file", str(path))
+    size = resolved.stat().st_size
     if size > MAX_TOKENIZER_BYTES:
-        raise InputError(f"tokenizer.path names a {size / 2**20:,.0f} MiB file; a tokenizer file may be at most "
-                         f"{MAX_TOKENIZER_BYTES >> 20} MiB", spec.path)
+        raise InputError(f"{field} names a {size / 2**20:,.0f} MiB file; a tokenizer file may be at most "
+                         f"{MAX_TOKENIZER_BYTES >> 20} MiB", str(path))
+    return resolved
+
+
+def load_detokenizer(spec: QwenTokenizerSpec | HFTokenizerSpec, settings: Settings) -> Detokenizer:
+    path = tokenizer_file(spec.path, settings, "tokenizer.path")
     if spec.type == "qwen":
         return ByteTableDetokenizer(qwen_token_bytes(path))
     return load_hf(path)

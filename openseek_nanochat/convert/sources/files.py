@@ -10,20 +10,22 @@ yet yielded, so a malformed line is reported as file:line (on_error="fail") or d
 
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
+from openseek_nanochat.convert.prefetch import prefetch
+from openseek_nanochat.convert.sources.base import Batch, file_fingerprint
+from openseek_nanochat.convert.sources.text import check_columns, needed_columns, select_text
+from openseek_nanochat.convert.spec import FilesSource
 from openseek_nanochat.errors import InputError
 from openseek_nanochat.paths import expand_input_globs
 from openseek_nanochat.settings import Settings
-from openseek_nanochat.convert.spec import FilesSource
-from openseek_nanochat.convert.sources.base import Batch, file_fingerprint
-from openseek_nanochat.convert.sources.text import check_columns, needed_columns, select_text
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 CODECS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
@@ -32,7 +34,8 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 
-JSON_BLOCK_BYTES = 8 << 20
+JSON_BLOCK_BYTES = 8 << 20  # a batch of JSONL: whole lines, read at once
+JSON_PARSE_BYTES = 1 << 20  # Arrow parses a batch in pieces this big, on all cores
 ROWS_PER_BATCH = 8192  # parquet/arrow/python-JSON batch size
 TEXT_FILES_PER_BATCH = 256
 PEEK_BYTES = 1 << 20
@@ -56,6 +59,9 @@ def detect_format(path: Path) -> str:
 
 def _line_blocks(stream: pa.NativeFile, offset: int) -> Iterator[tuple[int, pa.Buffer]]:
     """(offset, block): whole lines, about JSON_BLOCK_BYTES at a time (a longer line is a block of its own)."""
+    if stream.seekable():
+        yield from _line_blocks_seeking(stream, offset)
+        return
     carry = b""
     while True:
         data = stream.read(JSON_BLOCK_BYTES)
@@ -69,6 +75,30 @@ def _line_blocks(stream: pa.NativeFile, offset: int) -> Iterator[tuple[int, pa.B
             yield offset, pa.py_buffer(data[:cut])
             offset += cut
         carry = data[cut:]
+
+
+def _line_blocks_seeking(raw: pa.NativeFile, offset: int) -> Iterator[tuple[int, pa.Buffer]]:
+    """_line_blocks on a plain file, without copying: each block ends at its last newline, the next starts there."""
+    size = JSON_BLOCK_BYTES
+    while True:
+        raw.seek(offset)
+        block = raw.read_buffer(size)
+        if len(block) < size:  # the end of the file
+            if len(block) and np.frombuffer(block, np.uint8).max(initial=0) > 32:  # not only blank lines
+                yield offset, block
+            return
+        newlines = np.flatnonzero(np.frombuffer(block, np.uint8)[-min(size, 1 << 16):] == 10)
+        if not len(newlines):
+            newlines = np.flatnonzero(np.frombuffer(block, np.uint8) == 10)
+            if not len(newlines):
+                size *= 2  # one line longer than the block: read more
+                continue
+            cut = int(newlines[-1]) + 1
+        else:
+            cut = len(block) - min(size, 1 << 16) + int(newlines[-1]) + 1
+        yield offset, block.slice(0, cut)
+        offset += cut
+        size = JSON_BLOCK_BYTES
 
 
 def _skip_to(stream: pa.NativeFile, raw: pa.NativeFile, offset: int, path: Path) -> None:
@@ -106,7 +136,8 @@ class FilesTextSource:
         self.on_error = on_error
         self.files = expand_input_globs(spec.paths, settings)
         self.formats = [spec.format if spec.format != "auto" else detect_format(p) for p in self.files]
-        self.name = name or (str(self.files[0]) if len(self.files) == 1 else f"{self.files[0].parent}/ ({len(self.files)} files)")
+        self.name = name or (str(self.files[0]) if len(self.files) == 1
+                             else f"{self.files[0].parent}/ ({len(self.files)} files)")
         self.total_bytes = sum(p.stat().st_size for p in self.files) or 1
         self._bytes_before = [0]
         for p in self.files:
@@ -254,13 +285,15 @@ class FilesTextSource:
     def _read_jsonl(self, index: int, path: Path, row: int, byte: int | None = None) -> Iterator[Batch]:
         """Rows from `row` on; `byte`, when known, is where row `row` starts, and reading begins there."""
         schema = self._json_schema(path)
-        read_options = pj.ReadOptions(block_size=JSON_BLOCK_BYTES, use_threads=True)
+        read_options = pj.ReadOptions(block_size=JSON_PARSE_BYTES, use_threads=True)
         parse_options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
         done, offset = (row, byte) if byte is not None else (0, 0)
         stream, raw = _open_stream(path)
+        blocks = None
         try:
             _skip_to(stream, raw, offset, path)
-            for block_offset, block in _line_blocks(stream, offset):
+            blocks = prefetch(_line_blocks(stream, offset))  # the next block is read while this one is parsed
+            for block_offset, block in blocks:
                 table = pj.read_json(pa.BufferReader(block), read_options=read_options, parse_options=parse_options)
                 if done + table.num_rows > row:
                     cut = max(0, row - done)
@@ -273,6 +306,8 @@ class FilesTextSource:
         except pa.ArrowInvalid:
             pass  # a malformed line or a type that changed: continue line by line from the first row not yet yielded
         finally:
+            if blocks is not None:
+                blocks.close()  # its thread is done with the stream before the stream closes
             stream.close()
         yield from self._read_jsonl_python(index, path, max(row, done), schema)
 

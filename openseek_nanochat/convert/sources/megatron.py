@@ -6,8 +6,9 @@ matched against the `.idx` files (`/data/arxiv/*` means every part in the folder
 its `.bin` beside it.
 
 `prefixes` become one source reading its parts in order; `data_path` (Megatron's `w1, prefix1, w2, prefix2, ...`)
-becomes one source per entry, weighted spec.weight * w_i / sum(w). Cursor: {"part": k, "doc": i}, the first document
-of a batch.
+becomes one source per entry, weighted spec.weight * w_i / sum(w); `openseek_config` takes the data_path (and the
+tokenizer) from a training YAML (openseek_config.py), and names every missing part at once. Cursor:
+{"part": k, "doc": i}, the first document of a batch.
 
 Decoding runs on DECODE_THREADS threads, up to DECODE_THREADS batches ahead of the consumer: the work (page faults on
 the memory map, Arrow's take, UTF-8 validation) happens outside the GIL, so it scales with cores and overlaps with
@@ -40,8 +41,8 @@ BATCH_TOKENS = 1 << 20  # about 3-4 MB of text with the Qwen vocabulary, English
 # Tokens all the sources of one spec hold decoded ahead of the consumer, and the most a batch of each may hold when many
 # are read side by side: memory flat in the number of parts. Batches never get smaller than MIN_BATCH_TOKENS, where
 # the cost per batch would start to show.
-READ_AHEAD_TOKENS = 8 << 20
-MIN_BATCH_TOKENS = 1 << 14
+READ_AHEAD_TOKENS = 4 << 20
+MIN_BATCH_TOKENS = 1 << 13
 BATCH_DOCS = 16_384  # bounds batches of tiny documents, and how far ahead a batch is planned
 DECODE_THREADS = min(4, os.cpu_count() or 1)
 MISSING_SHOWN = 3  # missing parts named in the error; the rest are counted
@@ -91,14 +92,18 @@ class ReadAhead:
 
     Each source's batches hold READ_AHEAD_TOKENS / sources tokens (within MIN_BATCH_TOKENS..BATCH_TOKENS), so the
     batches the consumer holds, one per source, add up to about the budget whatever the number of parts; and all of
-    them together decode at most READ_AHEAD_TOKENS ahead. A source finding the budget spent still reads: one batch at
-    a time, when the consumer asks for it, so no source ever waits on another. The batch size depends only on the spec
-    (never on the machine), so the output does too.
+    them together decode at most that much ahead, each source `ahead` batches past the one asked for: one each when
+    many parts are read in turn, so every part's next batch is decoding while the consumer takes from the others. A
+    source finding the budget spent still reads: one batch at a time, when the consumer asks for it, so no source ever
+    waits on another. The batch size depends only on the spec (never on the machine), so the output does too.
     """
 
     def __init__(self, sources: int = 1):
-        self.batch_tokens = int(np.clip(READ_AHEAD_TOKENS // max(1, sources), MIN_BATCH_TOKENS, BATCH_TOKENS))
-        self.budget = READ_AHEAD_TOKENS
+        sources = max(1, sources)
+        self.batch_tokens = int(np.clip(READ_AHEAD_TOKENS // sources, MIN_BATCH_TOKENS, BATCH_TOKENS))
+        # Past READ_AHEAD_TOKENS / MIN_BATCH_TOKENS parts, one batch ahead each: memory grows MIN_BATCH_TOKENS a part.
+        self.budget = max(READ_AHEAD_TOKENS, sources * self.batch_tokens)
+        self.ahead = int(np.clip(self.budget // (sources * self.batch_tokens), 1, DECODE_THREADS))
         self.in_flight = 0
         self.lock = threading.Lock()
 
@@ -152,7 +157,7 @@ class MegatronTextSource:
         try:
             while True:
                 # Queue what the budget allows; with nothing queued, the batch asked for now, budget or not.
-                while following and len(pending) < DECODE_THREADS and budget.take(following[3], not pending):
+                while following and len(pending) <= budget.ahead and budget.take(following[3], not pending):
                     part, start, stop, tokens = following
                     progress = (docs_before[part] + stop) / total
                     pending.append((pool.submit(self._decode, part, indexes[part], start, stop, progress), tokens))

@@ -31,18 +31,6 @@ GPT2_END_OF_TEXT = "<|endoftext|>"  # Megatron's GPT2BPETokenizer appends it as 
 ANY_ID = 2**31 - 1  # a tiktoken ranks file says nothing of the specials past it: any non-negative id is one
 
 
-def tokenizer_file(path: str | Path, settings: Settings, where: str) -> Path:
-    """A tokenizer file named by a spec: inside the input roots, a file, not absurdly large."""
-    resolved = check_input_path(path, settings)
-    if not resolved.is_file():
-        raise InputError("no such tokenizer file", where)
-    size = resolved.stat().st_size
-    if size > detok.MAX_TOKENIZER_BYTES:
-        raise InputError(f"a {size / 2**20:,.0f} MiB file; a tokenizer file may be at most "
-                         f"{detok.MAX_TOKENIZER_BYTES >> 20} MiB", where)
-    return resolved
-
-
 class PastEndDetokenizer(ByteTableDetokenizer):
     """A tiktoken ranks file: ids 0..n-1 are its tokens, every id past them a special token that vanishes."""
 
@@ -125,7 +113,7 @@ def load_tokenizer(spec: TokenizerSpec, settings: Settings) -> tuple[Detokenizer
     if isinstance(spec, QwenTokenizerSpec | HFTokenizerSpec):
         return detok.load_detokenizer(spec, settings), [str(check_input_path(spec.path, settings))]
     if isinstance(spec, TiktokenTokenizerSpec):
-        path = tokenizer_file(spec.path, settings, spec.path)
+        path = detok.tokenizer_file(spec.path, settings, "tokenizer.path")
         ranks = detok.qwen_token_bytes(path)[: -len(detok.QWEN_SPECIAL_TOKENS)]  # the ranks without Qwen's specials
         return PastEndDetokenizer(ranks), [str(path)]
     assert isinstance(spec, MegatronTokenizerSpec)
@@ -136,8 +124,8 @@ def load_tokenizer(spec: TokenizerSpec, settings: Settings) -> tuple[Detokenizer
     if kind == "HuggingFaceTokenizer":
         return load_tokenizer(HFTokenizerSpec(path=hf_tokenizer_json(spec.tokenizer_model, settings)), settings)
     if kind == "GPT2BPETokenizer":
-        vocab = tokenizer_file(spec.vocab_file, settings, spec.vocab_file)
-        merges = tokenizer_file(spec.merge_file, settings, spec.merge_file)  # not needed to decode; fingerprinted
+        vocab = detok.tokenizer_file(spec.vocab_file, settings, "tokenizer.vocab_file")
+        merges = detok.tokenizer_file(spec.merge_file, settings, "tokenizer.merge_file")  # not needed to decode; fingerprinted
         return gpt2_detokenizer(vocab), [str(vocab), str(merges)]
-    model = tokenizer_file(spec.tokenizer_model, settings, spec.tokenizer_model)  # the SentencePiece kinds
+    model = detok.tokenizer_file(spec.tokenizer_model, settings, "tokenizer.tokenizer_model")  # the SentencePiece kinds
     return SentencePieceDetokenizer(model), [str(model)]
