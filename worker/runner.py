@@ -190,13 +190,18 @@ def _record(ending: Ending, returncode: int, output: JobOutput, claim: queue.Cla
         output.note(lease.lost_note(claim.worker_id, f"could not record that the job {outcome or 'was released'}; "
                                     "another attempt will take it over"))
         raise
-    if not recorded:
+    if recorded:
+        output.note(f"{me} attempt {claim.attempt} recorded: {outcome}")
+    else:
         output.note(f"{me} the job was taken from this worker before it could record the outcome")
 
 
 def _how_it_ended(returncode: int) -> str:
     if returncode < 0:
-        return f"was killed by {signal.Signals(-returncode).name}"
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:  # a signal without a name (a real-time one)
+            return f"was killed by signal {-returncode}"
     return f"exited with code {returncode}"
 
 

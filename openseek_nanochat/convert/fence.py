@@ -15,6 +15,7 @@ The attempt comes from the worker, through the job process's environment (procs.
 fingerprint and in no shard: an attempt changes who may write, never what is written.
 """
 
+import errno
 import fcntl
 import os
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 from openseek_nanochat.errors import InputError
 
 LOCK = ".convert.lock"
+NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # what flock says on a filesystem that lacks it
 
 
 class Superseded(InputError):
@@ -45,6 +47,10 @@ def hold(out: Path, say: Callable[[str], None] = print) -> Iterator[None]:
             started = time.monotonic()
             fcntl.flock(fd, fcntl.LOCK_EX)
             say(f"the output {out} is free after {time.monotonic() - started:.1f} s; going on")
+        except OSError as e:
+            if e.errno not in NO_FLOCK:
+                raise
+            say(f"the filesystem of {out} has no flock: only the manifest's attempt guards the output")
         yield
     finally:
         os.close(fd)  # drops the lock
