@@ -32,8 +32,9 @@ def main() -> None:
         return
     if config.config_file_name is not None:
         fileConfig(config.config_file_name)
-    from app.jobs.db import for_writing, make_engine
     from openseek_nanochat.settings import get_settings
+
+    from app.jobs.db import for_writing, make_engine
 
     engine = make_engine(get_settings().sqlalchemy_url)
     with for_writing(engine).connect() as connection:

@@ -30,7 +30,8 @@ def _count(text: str) -> int:
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--host", default="127.0.0.1",
+        "--host",
+        default="127.0.0.1",
         help="address to bind (default: 127.0.0.1, this machine only; elsewhere, set an API token and "
         "OPENSEEK_NANOCHAT_ALLOWED_HOSTS)",
     )
@@ -40,7 +41,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument(
-        "--access-log", action=argparse.BooleanOptionalAction, default=False,
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="log every request (off by default: clients poll, and one line per poll buries what matters)",
     )
 
@@ -76,7 +79,9 @@ class WorkerPool:
                 self.restart_at[slot] = now + self.delay[slot]
                 log.warning(
                     "worker process %d exited with code %s; starting another in %.0f s",
-                    process.pid, process.returncode, self.delay[slot],
+                    process.pid,
+                    process.returncode,
+                    self.delay[slot],
                 )
                 self.processes[slot] = None
             elif process is None and now >= self.restart_at[slot]:
@@ -140,6 +145,7 @@ def run_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: None)
     asyncio.run(_serve(server, WorkerPool(args.workers, stop_grace=settings.kill_grace_seconds + 10)))
     return 0
+
 
 # --- db --------------------------------------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from openseek_nanochat.settings import Settings  # noqa: E402
+
 from serverutil import SHARED_DATA, shakespeare_jsonl, start_server, wait_for_state  # noqa: E402
 
 
@@ -62,7 +63,9 @@ class Poller:
         await self.writer.drain()
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
-        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+        length = next(
+            int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+        )
         return status, await self.reader.readexactly(length)
 
     def close(self) -> None:
@@ -124,8 +127,12 @@ def run_conversion(server, spec: dict, name: str, pollers: tuple[int, float] | N
 
 
 def pickup_latencies(server, count: int) -> list[float]:
-    spec = {"sources": [{"type": "files", "paths": [str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")],
-                         "text_column": "question"}], "max_docs": 50}
+    spec = {
+        "sources": [
+            {"type": "files", "paths": [str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")], "text_column": "question"}
+        ],
+        "max_docs": 50,
+    }
     latencies = []
     for _ in range(count):
         job = server.client.post("/jobs/convert", json=spec).json()
@@ -138,8 +145,12 @@ def pickup_latencies(server, count: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--interval", type=float, default=1.0,
-                        help="pause of each client between its requests, in seconds (1: a dashboard's refresh)")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        help="pause of each client between its requests, in seconds (1: a dashboard's refresh)",
+    )
     parser.add_argument("--copies", type=int, default=300, help="corpus size, in copies of tinyshakespeare (~1.3 MB)")
     parser.add_argument("--rounds", type=int, default=4, help="conversions with and without pollers, alternating")
     parser.add_argument("--pickups", type=int, default=10)
@@ -151,8 +162,10 @@ def main() -> None:
         corpus = shakespeare_jsonl(Path(tmp) / "corpus.jsonl", args.copies)
         spec = {"sources": [{"type": "files", "paths": [str(corpus)]}], "chars_per_shard": 2_000_000}
         # The service as shipped: default settings (the tests' faster polling undone).
-        defaults = {f"OPENSEEK_NANOCHAT_{name.upper()}": str(Settings.model_fields[name].default)
-                    for name in ("poll_seconds", "kill_grace_seconds", "lease_seconds", "job_nice")}
+        defaults = {
+            f"OPENSEEK_NANOCHAT_{name.upper()}": str(Settings.model_fields[name].default)
+            for name in ("poll_seconds", "kill_grace_seconds", "lease_seconds", "job_nice")
+        }
         if args.job_nice is not None:
             defaults["OPENSEEK_NANOCHAT_JOB_NICE"] = str(args.job_nice)
         with start_server(data_dir, workers=1, env=defaults) as server:
@@ -168,11 +181,14 @@ def main() -> None:
                     if load:
                         loads.append(load)
                 alone, polled = jobs["alone"][-1], jobs["polled"][-1]
-                print(f"round {round_}: conversion alone {throughput(alone) / 1e6:.2f} M chars/s (job "
-                      f"{job_throughput(alone) / 1e6:.2f}), with pollers {throughput(polled) / 1e6:.2f} (job "
-                      f"{job_throughput(polled) / 1e6:.2f}); {loads[-1]['requests_per_s']:.0f} requests/s, "
-                      f"{len(loads[-1]['errors'])} errors, API CPU {loads[-1]['api_cpu_ms_per_request']:.2f} ms/request, "
-                      f"{percentiles(loads[-1]['latencies'])}", flush=True)
+                print(
+                    f"round {round_}: conversion alone {throughput(alone) / 1e6:.2f} M chars/s (job "
+                    f"{job_throughput(alone) / 1e6:.2f}), with pollers {throughput(polled) / 1e6:.2f} (job "
+                    f"{job_throughput(polled) / 1e6:.2f}); {loads[-1]['requests_per_s']:.0f} requests/s, "
+                    f"{len(loads[-1]['errors'])} errors, API CPU {loads[-1]['api_cpu_ms_per_request']:.2f} ms/request, "
+                    f"{percentiles(loads[-1]['latencies'])}",
+                    flush=True,
+                )
             pickups = pickup_latencies(server, args.pickups)
 
     summary = {
@@ -188,7 +204,8 @@ def main() -> None:
         "requests_per_s": statistics.mean(load["requests_per_s"] for load in loads),
         "api_cpu_ms_per_request": statistics.mean(load["api_cpu_ms_per_request"] for load in loads),
         **{f"throughput_{mode}_chars_per_s": statistics.median(map(throughput, jobs[mode])) for mode in jobs},
-        "throughput_ratio": statistics.median(map(throughput, jobs["polled"])) / statistics.median(map(throughput, jobs["alone"])),
+        "throughput_ratio": statistics.median(map(throughput, jobs["polled"]))
+        / statistics.median(map(throughput, jobs["alone"])),
         "job_throughput_ratio": statistics.median(map(job_throughput, jobs["polled"]))
         / statistics.median(map(job_throughput, jobs["alone"])),
         "pickup_s_median": statistics.median(pickups),

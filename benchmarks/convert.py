@@ -26,7 +26,7 @@ def make_corpus(path: Path, megabytes: int) -> None:
     if path.exists() and path.stat().st_size >= megabytes * 1e6:
         return
     text = SHAKESPEARE.read_text()
-    docs = [text[i:i + 3000] for i in range(0, len(text), 3000)]
+    docs = [text[i : i + 3000] for i in range(0, len(text), 3000)]
     written, copy = 0, 0
     with open(path, "w") as f:
         while written < megabytes * 1e6:
@@ -45,8 +45,14 @@ def ceiling(corpus: str, out: str) -> None:
     os.makedirs(out, exist_ok=True)
     schema = pa.schema([pa.field("text", pa.string())])
     reader = pj.open_json(corpus, read_options=pj.ReadOptions(block_size=8 << 20))
-    with pq.ParquetWriter(f"{out}/shard_00000.parquet", schema, compression="zstd", compression_level=3,
-                          use_dictionary=False, write_statistics=False) as writer:
+    with pq.ParquetWriter(
+        f"{out}/shard_00000.parquet",
+        schema,
+        compression="zstd",
+        compression_level=3,
+        use_dictionary=False,
+        write_statistics=False,
+    ) as writer:
         for batch in reader:
             writer.write_table(pa.table({"text": batch.column("text")}, schema=schema), row_group_size=1024)
 
@@ -61,17 +67,26 @@ def project(corpus: str, out: str) -> None:
 def measure(kind: str, corpus: Path, out: Path) -> dict:
     """Run one measurement in a fresh process; return wall seconds and peak RSS in MB."""
     subprocess.run(["rm", "-rf", str(out)], check=True)
-    env = {**os.environ, "OPENSEEK_NANOCHAT_DATA_DIR": str(out.parent.parent),  # out is <data dir>/datasets/<name>
-           "OPENSEEK_NANOCHAT_INPUT_ROOTS": str(corpus.parent)}
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, str(corpus), str(out)], env=env,
-                          capture_output=True, text=True, check=True)
+    env = {
+        **os.environ,
+        "OPENSEEK_NANOCHAT_DATA_DIR": str(out.parent.parent),  # out is <data dir>/datasets/<name>
+        "OPENSEEK_NANOCHAT_INPUT_ROOTS": str(corpus.parent),
+    }
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", kind, str(corpus), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def child(kind: str, corpus: str, out: str) -> None:
     # Imports happen before the clock starts, for both: the benchmark compares conversions, not interpreter start-up.
-    import pyarrow.json, pyarrow.parquet  # noqa: F401,E401
-    import openseek_nanochat.convert.run, openseek_nanochat.convert.sources.files  # noqa: F401,E401
+    import pyarrow.json  # noqa: F401,E401
+
+    import openseek_nanochat.convert.run  # noqa: F401,E401
 
     start = time.perf_counter()
     {"ceiling": ceiling, "project": project}[kind](corpus, out)
@@ -99,12 +114,16 @@ def main() -> None:
         for _ in range(args.repeat):  # alternate, so a burst of load on this shared machine hits both alike
             for kind in runs:
                 runs[kind].append(measure(kind, corpus, work / "datasets" / f"out_{kind}"))
-        results = {kind: {"wall_s": min(r["wall_s"] for r in rs), "peak_rss_mb": max(r["peak_rss_mb"] for r in rs)}
-                   for kind, rs in runs.items()}
+        results = {
+            kind: {"wall_s": min(r["wall_s"] for r in rs), "peak_rss_mb": max(r["peak_rss_mb"] for r in rs)}
+            for kind, rs in runs.items()
+        }
         for kind, r in results.items():
             ratio = results["ceiling"]["wall_s"] / r["wall_s"]
-            print(f"{size_mb:>7.0f}M {kind:>8} {r['wall_s']:>8.2f} {size_mb / r['wall_s']:>8.1f} "
-                  f"{r['peak_rss_mb']:>12.0f} {ratio:>10.2f}x")
+            print(
+                f"{size_mb:>7.0f}M {kind:>8} {r['wall_s']:>8.2f} {size_mb / r['wall_s']:>8.1f} "
+                f"{r['peak_rss_mb']:>12.0f} {ratio:>10.2f}x"
+            )
     print("target: project throughput >= 0.6x the ceiling (shuffle on); peak RSS <= 1.5 GB and flat as input grows")
 
 

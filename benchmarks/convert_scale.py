@@ -43,10 +43,12 @@ def document_pool() -> tuple[list[np.ndarray], np.ndarray]:
 
     _, qwen = qwen_reference(SHARED / "qwen.tiktoken")
     text = (SHARED / "tinyshakespeare.txt").read_text()
-    chinese = "".join(json.loads(line)["text"] for line in
-                      (SHARED / "megatron" / "cmath_text_document.expected.jsonl").read_text().splitlines())
-    texts = [text[i:i + DOC_CHARS] for i in range(0, len(text), DOC_CHARS)]
-    texts += [chinese[i:i + DOC_CHARS // 3] for i in range(0, len(chinese), DOC_CHARS // 3)]
+    chinese = "".join(
+        json.loads(line)["text"]
+        for line in (SHARED / "megatron" / "cmath_text_document.expected.jsonl").read_text().splitlines()
+    )
+    texts = [text[i : i + DOC_CHARS] for i in range(0, len(text), DOC_CHARS)]
+    texts += [chinese[i : i + DOC_CHARS // 3] for i in range(0, len(chinese), DOC_CHARS // 3)]
     docs = [np.array([BEGIN, *qwen.encode(t), END], np.int32) for t in texts]
     return docs, np.array([len(t) for t in texts])
 
@@ -79,12 +81,17 @@ def layouts(total_chars: int) -> dict[str, tuple[dict[str, int], dict]]:
         return sizes, {"data_path": data_path, "tokenizer": tokenizer}
 
     out = {
-        "1 part": ({"all_text_document": total_chars}, {"prefixes": ["{dir}/all_text_document"],
-                                                        "tokenizer": tokenizer}),
-        "config, 38 parts": ({n: int(total_chars * w / weights.sum()) for n, w in zip(names, weights)},
-                             {"openseek_config": str(CONFIG), "dataset_base_dir": "{dir}", "tokenizer": tokenizer}),
-        "84 parts": blend({f"part_{i:03d}_text_document": int(total_chars * s / skew.sum())
-                           for i, s in enumerate(skew)}),
+        "1 part": (
+            {"all_text_document": total_chars},
+            {"prefixes": ["{dir}/all_text_document"], "tokenizer": tokenizer},
+        ),
+        "config, 38 parts": (
+            {n: int(total_chars * w / weights.sum()) for n, w in zip(names, weights)},
+            {"openseek_config": str(CONFIG), "dataset_base_dir": "{dir}", "tokenizer": tokenizer},
+        ),
+        "84 parts": blend(
+            {f"part_{i:03d}_text_document": int(total_chars * s / skew.sum()) for i, s in enumerate(skew)}
+        ),
         "1000 parts": blend({f"p{i:04d}_text_document": total_chars // 1000 for i in range(1000)}),
     }
     return out
@@ -100,8 +107,15 @@ def child(spec_file: str) -> None:
     start = time.perf_counter()
     manifest = convert(spec)
     wall = time.perf_counter() - start
-    print(json.dumps({"wall_s": wall, "chars": manifest["totals"]["chars"],
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "chars": manifest["totals"]["chars"],
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 def measure(work: Path, name: str, source: dict, budget: int) -> dict:
@@ -109,14 +123,22 @@ def measure(work: Path, name: str, source: dict, budget: int) -> dict:
     out = work / "data" / "datasets" / "out"
     subprocess.run(["rm", "-rf", str(out)], check=True)
     source = json.loads(json.dumps(source).replace("{dir}", str(folder)))
-    spec = {"sources": [{"type": "megatron", **source}], "output_dir": str(out), "max_chars": budget,
-            "chars_per_shard": 50_000_000}
+    spec = {
+        "sources": [{"type": "megatron", **source}],
+        "output_dir": str(out),
+        "max_chars": budget,
+        "chars_per_shard": 50_000_000,
+    }
     spec_file = work / "spec.json"
     spec_file.write_text(json.dumps(spec))
-    env = {**os.environ, "OPENSEEK_NANOCHAT_DATA_DIR": str(work / "data"),
-           "OPENSEEK_NANOCHAT_INPUT_ROOTS": os.pathsep.join([str(work), str(SHARED)])}
-    proc = subprocess.run([sys.executable, __file__, "--child", str(spec_file)], env=env, capture_output=True,
-                          text=True)
+    env = {
+        **os.environ,
+        "OPENSEEK_NANOCHAT_DATA_DIR": str(work / "data"),
+        "OPENSEEK_NANOCHAT_INPUT_ROOTS": os.pathsep.join([str(work), str(SHARED)]),
+    }
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", str(spec_file)], env=env, capture_output=True, text=True
+    )
     if proc.returncode:
         raise SystemExit(f"{name}: the conversion failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -153,18 +175,28 @@ def main() -> None:
     for _ in range(args.repeat):  # alternate, so a burst of load on this shared machine hits all alike
         for name, (_, source) in chosen.items():
             runs[name].append(measure(work, name, source, total // 2))
-    results = {name: {"wall_s": min(r["wall_s"] for r in rs), "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
-                      "chars": rs[0]["chars"]} for name, rs in runs.items()}
+    results = {
+        name: {
+            "wall_s": min(r["wall_s"] for r in rs),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+            "chars": rs[0]["chars"],
+        }
+        for name, rs in runs.items()
+    }
     base = results["1 part"]
-    print(f"{total / 1e6:,.0f}M characters in each layout, max_chars {total // 2 / 1e6:,.0f}M, best of {args.repeat}, "
-          f"{os.cpu_count()} cores")
+    print(
+        f"{total / 1e6:,.0f}M characters in each layout, max_chars {total // 2 / 1e6:,.0f}M, best of {args.repeat}, "
+        f"{os.cpu_count()} cores"
+    )
     print("| layout | parts | wall s | MB/s | vs 1 part | peak RSS MB | vs 1 part |")
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         parts = len(chosen[name][0])
-        print(f"| {name} | {parts} | {r['wall_s']:.2f} | {r['chars'] / 1e6 / r['wall_s']:.0f} | "
-              f"{base['wall_s'] / r['wall_s']:.2f}x | {r['peak_rss_mb']:,.0f} | "
-              f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x |")
+        print(
+            f"| {name} | {parts} | {r['wall_s']:.2f} | {r['chars'] / 1e6 / r['wall_s']:.0f} | "
+            f"{base['wall_s'] / r['wall_s']:.2f}x | {r['peak_rss_mb']:,.0f} | "
+            f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x |"
+        )
     print("target: every layout >= 0.9x the throughput of one part, peak RSS within 1.2x")
 
 

@@ -25,8 +25,10 @@ from openseek_nanochat.convert.sources.detok import QWEN_SPECIAL_TOKENS, ByteTab
 from openseek_nanochat.convert.sources.megatron_index import MegatronIndex, write_megatron
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-                r"|\s+(?!\S)|\s+")
+QWEN_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
 
 
 def build_part(prefix: Path, tokens: int) -> None:
@@ -64,7 +66,9 @@ def main() -> None:
     vocabulary = qwen_token_bytes(SHARED / "qwen.tiktoken")
     base = len(vocabulary) - len(QWEN_SPECIAL_TOKENS)
     encoding = tiktoken.Encoding(
-        "qwen", pat_str=QWEN_PATTERN, mergeable_ranks={token: rank for rank, token in enumerate(vocabulary[:base])},
+        "qwen",
+        pat_str=QWEN_PATTERN,
+        mergeable_ranks={token: rank for rank, token in enumerate(vocabulary[:base])},
         special_tokens={token: base + i for i, token in enumerate(QWEN_SPECIAL_TOKENS)},
     )
     detokenizer = ByteTableDetokenizer(vocabulary)
@@ -97,12 +101,14 @@ def main() -> None:
         ("ByteTableDetokenizer.decode", best_of(args.repeat, decode_batches)),
     ]
     for threads in sorted({int(n) for n in args.threads.split(",")}):
-        rows.append((f"MegatronTextSource.read, {threads} thread(s)",
-                     best_of(args.repeat, lambda n=threads: read_source(n))))
+        rows.append(
+            (f"MegatronTextSource.read, {threads} thread(s)", best_of(args.repeat, lambda n=threads: read_source(n)))
+        )
 
     baseline = text_bytes / rows[0][1]
-    print(f"{len(all_tokens):,} tokens, {text_bytes / 1e6:.1f} MB of text, {len(ranges)} batches, "
-          f"best of {args.repeat}")
+    print(
+        f"{len(all_tokens):,} tokens, {text_bytes / 1e6:.1f} MB of text, {len(ranges)} batches, best of {args.repeat}"
+    )
     print(f"{'':<40} {'seconds':>8} {'MB/s':>8} {'vs tiktoken':>12}")
     for label, seconds in rows:
         speed = text_bytes / seconds

@@ -42,12 +42,14 @@ def corpus_docs(kind: str, seed: int = 0) -> list[str]:
     docs, i = [], 0
     while i < len(speeches):
         n = rng.choice([1, 2, 3, 5, 8, 12])
-        docs.append("\n\n".join(speeches[i:i + n]))
+        docs.append("\n\n".join(speeches[i : i + n]))
         i += n
     for path in sorted((SHARED_DATA / "jsonl").glob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
-            docs.append("\n".join(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in record.values()))
+            docs.append(
+                "\n".join(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in record.values())
+            )
     rng.shuffle(docs)
     if kind == "long":
         glued, current = [], []
@@ -68,7 +70,7 @@ def make_base_dir(root: Path, kind: str, vocab_size: int = 32768) -> Path:
     val = max(256, len(docs) // 20)
     train = docs[:-val]
     per_shard = -(-len(train) // 4)
-    for i, part in enumerate([train[j:j + per_shard] for j in range(0, len(train), per_shard)] + [docs[-val:]]):
+    for i, part in enumerate([train[j : j + per_shard] for j in range(0, len(train), per_shard)] + [docs[-val:]]):
         pq.write_table(pa.table({"text": part}), data / f"shard_{i:05d}.parquet", row_group_size=256)
     tok.save(tok.train_encoding(iter(docs), vocab_size), root / layout.TOKENIZER_SUBDIR)
     return root
@@ -86,7 +88,7 @@ def nanochat_scan_loader(tokenizer, B, T, split, tokenizer_threads=4, tokenizer_
                 for rg_idx in range(pf.num_row_groups):
                     texts = pf.read_row_group(rg_idx).column("text").to_pylist()
                     for i in range(0, len(texts), tokenizer_batch_size):
-                        yield texts[i:i + tokenizer_batch_size], (pq_idx, rg_idx, epoch)
+                        yield texts[i : i + tokenizer_batch_size], (pq_idx, rg_idx, epoch)
             epoch += 1
 
     batches = document_batches()
@@ -108,7 +110,7 @@ def nanochat_scan_loader(tokenizer, B, T, split, tokenizer_threads=4, tokenizer_
                     doc = docs.pop(min(range(len(docs)), key=lambda i: len(docs[i])))[:room]
                 else:
                     doc = docs.pop(best)
-                row_buffer[r, pos:pos + len(doc)] = torch.tensor(doc, dtype=torch.long)
+                row_buffer[r, pos : pos + len(doc)] = torch.tensor(doc, dtype=torch.long)
                 pos += len(doc)
         yield row_buffer[:, :-1].clone(), row_buffer[:, 1:].clone()
 
@@ -146,7 +148,9 @@ def main() -> int:
         os.environ["NANOCHAT_BASE_DIR"] = str(base)
         tokenizer = tok.get_tokenizer()
         loaders = {
-            "openseek": lambda: dataloader.tokenizing_distributed_data_loader_bos_bestfit(tokenizer, B, T, "train", device="cpu"),
+            "openseek": lambda: dataloader.tokenizing_distributed_data_loader_bos_bestfit(
+                tokenizer, B, T, "train", device="cpu"
+            ),
             "nanochat-scan": lambda: nanochat_scan_loader(tokenizer, B, T, "train"),
         }
         if os.environ.get("NANOCHAT_DIR"):
@@ -158,12 +162,18 @@ def main() -> int:
             nanochat.dataset.DATA_DIR = str(base / layout.DATA_SUBDIR)
             nanochat_tokenizer = get_tokenizer()
             loaders["nanochat"] = lambda: nanochat.dataloader.tokenizing_distributed_data_loader_bos_bestfit(
-                nanochat_tokenizer, B, T, "train", device="cpu")
+                nanochat_tokenizer, B, T, "train", device="cpu"
+            )
 
         train_docs = sum(pq.ParquetFile(p).metadata.num_rows for p in dataloader.split_paths("train"))
-        sample = [len(d) for d in tokenizer.encode(pq.read_table(dataloader.split_paths("train")[0]).column("text").to_pylist())]
-        print(f"corpus '{args.docs}': {train_docs:,} train docs, median {statistics.median(sample):.0f} tokens/doc "
-              f"(vocab {tokenizer.get_vocab_size():,}); B={B} T={T}, {args.batches} batches x {args.repeats} repeats")
+        sample = [
+            len(d)
+            for d in tokenizer.encode(pq.read_table(dataloader.split_paths("train")[0]).column("text").to_pylist())
+        ]
+        print(
+            f"corpus '{args.docs}': {train_docs:,} train docs, median {statistics.median(sample):.0f} tokens/doc "
+            f"(vocab {tokenizer.get_vocab_size():,}); B={B} T={T}, {args.batches} batches x {args.repeats} repeats"
+        )
         times = {name: [] for name in loaders}
         digests = {}
         for _ in range(args.repeats):
@@ -177,12 +187,16 @@ def main() -> int:
         best = {name: args.batches * B / min(ts) for name, ts in times.items()}
         median = {name: args.batches * B / statistics.median(ts) for name, ts in times.items()}
         for name in times:
-            print(f"{name:14s} {best[name]:8.1f} rows/s {best[name] * T / 1e6:7.3f} M tokens/s  "
-                  f"(best of {args.repeats}; median {median[name]:.1f} rows/s)")
+            print(
+                f"{name:14s} {best[name]:8.1f} rows/s {best[name] * T / 1e6:7.3f} M tokens/s  "
+                f"(best of {args.repeats}; median {median[name]:.1f} rows/s)"
+            )
         for name in times:
             if name != "openseek":
-                print(f"speedup vs {name}: {best['openseek'] / best[name]:.2f}x (best), "
-                      f"{median['openseek'] / median[name]:.2f}x (median)")
+                print(
+                    f"speedup vs {name}: {best['openseek'] / best[name]:.2f}x (best), "
+                    f"{median['openseek'] / median[name]:.2f}x (median)"
+                )
     return 0
 
 

@@ -36,22 +36,34 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
-    parser.add_argument("--vocab-size", type=int, help="default: nanochat's 32,768 on a GPU; 8,192 on CPU, where the "
-                        "output layer of a small model would take nearly all the time")
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        help="default: nanochat's 32,768 on a GPU; 8,192 on CPU, where the "
+        "output layer of a small model would take nearly all the time",
+    )
     args = parser.parse_args()
     vocab_size = args.vocab_size or (8192 if args.device == "cpu" else 32768)
 
     with tempfile.TemporaryDirectory() as tmp:
         base = make_base_dir(Path(tmp), "mixed", vocab_size)
         run_dir = Path(tmp) / "run"
-        train.main([
-            f"--data-dir={base / layout.DATA_SUBDIR}", f"--tokenizer-dir={base / layout.TOKENIZER_SUBDIR}",
-            f"--run-dir={run_dir}",
-            f"--device-type={args.device}", f"--depth={args.depth}", f"--max-seq-len={args.max_seq_len}",
-            f"--device-batch-size={args.device_batch_size}", f"--num-iterations={args.steps}", "--eval-every=-1",
-            f"--eval-tokens={args.device_batch_size * args.max_seq_len}", f"--warmup-steps={args.warmup}",
-            f"--compile={args.compile}",
-        ])
+        train.main(
+            [
+                f"--data-dir={base / layout.DATA_SUBDIR}",
+                f"--tokenizer-dir={base / layout.TOKENIZER_SUBDIR}",
+                f"--run-dir={run_dir}",
+                f"--device-type={args.device}",
+                f"--depth={args.depth}",
+                f"--max-seq-len={args.max_seq_len}",
+                f"--device-batch-size={args.device_batch_size}",
+                f"--num-iterations={args.steps}",
+                "--eval-every=-1",
+                f"--eval-tokens={args.device_batch_size * args.max_seq_len}",
+                f"--warmup-steps={args.warmup}",
+                f"--compile={args.compile}",
+            ]
+        )
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in records if r["loss"] is not None and r["step"] > args.warmup]
     tok_per_sec = statistics.median(r["tok_per_sec"] for r in timed)
@@ -59,9 +71,11 @@ def main() -> int:
     mfu = f"{statistics.median(mfus):.1f}%" if mfus else "n/a (no GPU peak to compare with)"
     with torch.device("meta"):
         flops_per_token = GPT(config_for_depth(args.depth, vocab_size, args.max_seq_len)).estimate_flops()
-    print(f"\ndepth {args.depth}, vocab {vocab_size:,}, {args.device_batch_size} x {args.max_seq_len} tokens per step "
-          f"on {args.device}: {tok_per_sec:,.0f} tokens/s = {flops_per_token * tok_per_sec / 1e9:,.1f} GFLOP/s of model "
-          f"compute, MFU {mfu} (median of {len(timed)} steps)")
+    print(
+        f"\ndepth {args.depth}, vocab {vocab_size:,}, {args.device_batch_size} x {args.max_seq_len} tokens per step "
+        f"on {args.device}: {tok_per_sec:,.0f} tokens/s = {flops_per_token * tok_per_sec / 1e9:,.1f} GFLOP/s of model "
+        f"compute, MFU {mfu} (median of {len(timed)} steps)"
+    )
     return 0
 
 

@@ -19,9 +19,17 @@ from browserutil import launch  # noqa: E402
 from serverutil import SHARED_DATA, shakespeare_jsonl, start_server, wait_for_state, wait_until  # noqa: E402
 
 TRAIN_SPEC = {
-    "tokenizer": {"vocab_size": 1024, "max_chars": 600_000}, "depth": 2, "head_dim": 64, "max_seq_len": 128,
-    "device_batch_size": 8, "num_iterations": 60, "eval_every": 10, "eval_tokens": 4096, "warmup_steps": 2,
-    "nproc_per_node": 1, "device": "cpu",
+    "tokenizer": {"vocab_size": 1024, "max_chars": 600_000},
+    "depth": 2,
+    "head_dim": 64,
+    "max_seq_len": 128,
+    "device_batch_size": 8,
+    "num_iterations": 60,
+    "eval_every": 10,
+    "eval_tokens": 4096,
+    "warmup_steps": 2,
+    "nproc_per_node": 1,
+    "device": "cpu",
 }
 
 
@@ -39,8 +47,13 @@ def train(server, dataset: str) -> str:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, start_server(Path(tmp) / "data", workers=1) as server:
         client = server.client
-        gsm8k = convert(client, "gsm8k", [str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")], chars_per_shard=100_000,
-                        source={"text_template": "{question}\n{answer}"})
+        gsm8k = convert(
+            client,
+            "gsm8k",
+            [str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")],
+            chars_per_shard=100_000,
+            source={"text_template": "{question}\n{answer}"},
+        )
         corpus = shakespeare_jsonl(Path(tmp) / "shakespeare.jsonl", copies=10)
         shakespeare = convert(client, "shakespeare", [str(corpus)], max_docs=12_000, chars_per_shard=250_000)
         for job in (gsm8k, shakespeare):
@@ -51,15 +64,25 @@ def main() -> None:
         wait_for_state(client, cancelled["id"], "running")
         client.post(f"/jobs/{cancelled['id']}/cancel")
         wait_for_state(client, cancelled["id"], "cancelled")
-        running = convert(client, "shakespeare-x10", [str(corpus)], max_docs=72_000, chars_per_shard=20_000,
-                          row_group_size=16, shuffle_buffer=2000)
+        running = convert(
+            client,
+            "shakespeare-x10",
+            [str(corpus)],
+            max_docs=72_000,
+            chars_per_shard=20_000,
+            row_group_size=16,
+            shuffle_buffer=2000,
+        )
 
         with sync_playwright() as playwright:
             browser = launch(playwright)
             page = browser.new_page(base_url=server.base_url, viewport={"width": 1280, "height": 720})
             page.goto("/")
-            wait_until(lambda: 0.3 < ((client.get(f"/jobs/{running['id']}").json()["progress"] or {}).get("fraction") or 0),
-                       timeout=120, what="the conversion a third done")
+            wait_until(
+                lambda: 0.3 < ((client.get(f"/jobs/{running['id']}").json()["progress"] or {}).get("fraction") or 0),
+                timeout=120,
+                what="the conversion a third done",
+            )
             page.wait_for_timeout(1600)  # one refresh of the list
             page.screenshot(path=DOCS / "dashboard.png")
 

@@ -13,7 +13,9 @@ from typing import BinaryIO
 
 
 def temp_path(path: Path) -> Path:
-    """Where `path` is written before it is renamed into place: hidden, so no listing of `*.parquet` or `*.pt` sees it."""
+    """Where `path` is written before it is renamed into place.
+
+    Hidden, so no listing of `*.parquet` or `*.pt` sees it."""
     return path.with_name(f".{path.name}.tmp")
 
 

@@ -241,8 +241,10 @@ def _parse(model: type[Shape], data: Any) -> Shape:
         return model.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
-        raise ClientError(f"the server's answer is not a {model.__name__} as this client knows it: "
-                          f"{_field(['', *first['loc']]) or 'the whole'}: {first['msg']}") from None
+        raise ClientError(
+            f"the server's answer is not a {model.__name__} as this client knows it: "
+            f"{_field(['', *first['loc']]) or 'the whole'}: {first['msg']}"
+        ) from None
 
 
 def _reason(error: httpx.TransportError) -> str:
@@ -303,8 +305,9 @@ class Client:
         try:
             return response.json()
         except ValueError:
-            raise ClientError(f"{self.server} answered {method} {path} with something other than JSON: is it this "
-                              "service?") from None
+            raise ClientError(
+                f"{self.server} answered {method} {path} with something other than JSON: is it this service?"
+            ) from None
 
     # --- the verbs --------------------------------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ def parse(line: str) -> dict | None:
     if start < 0:
         return None
     try:
-        event = json.loads(line[start + len(PREFIX):])
+        event = json.loads(line[start + len(PREFIX) :])
     except json.JSONDecodeError:
         return None
     return event if isinstance(event, dict) and "type" in event else None

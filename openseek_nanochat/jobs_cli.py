@@ -29,10 +29,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     def common(p: argparse.ArgumentParser, default) -> None:
         # Accepted before the verb and after it; after it, only what is given overrides (SUPPRESS).
-        p.add_argument("--server", default=default, help="the service's URL (default: $OPENSEEK_NANOCHAT_SERVER, "
-                       "else http://127.0.0.1:8000)")
-        p.add_argument("--json", action="store_true", default=False if default is None else default,
-                       help="print JSON for scripts instead of tables")
+        p.add_argument(
+            "--server",
+            default=default,
+            help="the service's URL (default: $OPENSEEK_NANOCHAT_SERVER, else http://127.0.0.1:8000)",
+        )
+        p.add_argument(
+            "--json",
+            action="store_true",
+            default=False if default is None else default,
+            help="print JSON for scripts instead of tables",
+        )
 
     common(parser, None)
     shared = argparse.ArgumentParser(add_help=False)
@@ -40,8 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def verb(name: str, help: str) -> argparse.ArgumentParser:
-        return verbs.add_parser(name, parents=[shared], help=help, description=help, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        return verbs.add_parser(
+            name,
+            parents=[shared],
+            help=help,
+            description=help,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
 
     p = verb("submit", "submit a job; print its id, or with --follow stream it until it ends")
     p.add_argument("kind", help="the kind of job: convert, train, …")
@@ -178,8 +191,19 @@ class Follower:
         if event.job is not None:
             self.job = event.job
         if self.as_json:
-            print(json.dumps({"type": event.type, "id": event.id, "job": event.job and dump(event.job),
-                              "text": event.text, "deleted": event.deleted}, ensure_ascii=False), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "type": event.type,
+                        "id": event.id,
+                        "job": event.job and dump(event.job),
+                        "text": event.text,
+                        "deleted": event.deleted,
+                    },
+                    ensure_ascii=False,
+                ),
+                flush=True,
+            )
             return
         if event.type == "log" and self.log:
             self.print_log(event.text)
@@ -187,8 +211,14 @@ class Follower:
             job = event.job
             if self.bar is None:
                 # The text after the bar goes in as `unit`: tqdm's postfix would start with a comma.
-                self.bar = self.tqdm(total=100, file=sys.stderr, unit="", dynamic_ncols=True, mininterval=0.2,
-                                     bar_format="{desc} {percentage:3.0f}%|{bar}| {unit}")
+                self.bar = self.tqdm(
+                    total=100,
+                    file=sys.stderr,
+                    unit="",
+                    dynamic_ncols=True,
+                    mininterval=0.2,
+                    bar_format="{desc} {percentage:3.0f}%|{bar}| {unit}",
+                )
             self.bar.set_description_str(f"{job.id} {job.state}", refresh=False)
             if job.progress and job.progress.fraction is not None:
                 self.bar.n = round(100 * job.progress.fraction, 1)
@@ -224,8 +254,7 @@ class Follower:
 
 def reattach_hint(args: argparse.Namespace, job_id: str) -> str:
     server = f" --server {args.server}" if args.server else ""
-    return (f"openseek-nanochat jobs{server} logs {job_id} --follow (or: openseek-nanochat jobs{server} wait "
-            f"{job_id})")
+    return f"openseek-nanochat jobs{server} logs {job_id} --follow (or: openseek-nanochat jobs{server} wait {job_id})"
 
 
 def follow(client, args: argparse.Namespace, job_id: str, bar: bool, log: bool) -> int:
@@ -238,8 +267,10 @@ def follow(client, args: argparse.Namespace, job_id: str, bar: bool, log: bool) 
             deleted = event.deleted
     except KeyboardInterrupt:
         view.close()
-        print(f"detached from job {job_id}; it keeps running. Follow it again with: {reattach_hint(args, job_id)}",
-              file=sys.stderr)
+        print(
+            f"detached from job {job_id}; it keeps running. Follow it again with: {reattach_hint(args, job_id)}",
+            file=sys.stderr,
+        )
         return DETACHED
     finally:
         view.close()
@@ -295,8 +326,7 @@ def submit(client, args) -> int:
             print(job.id)
         return OK
     if not args.json:
-        print(f"submitted job {job.id} ({job.kind}); following it (Ctrl-C detaches, the job runs on)",
-              file=sys.stderr)
+        print(f"submitted job {job.id} ({job.kind}); following it (Ctrl-C detaches, the job runs on)", file=sys.stderr)
     return follow(client, args, job.id, bar=True, log=True)
 
 
@@ -318,9 +348,15 @@ def status(client, args) -> int:
         emit_json(dump(job))
         return OK
     items: list[tuple[str, object]] = [
-        ("id", job.id), ("kind", job.kind), ("state", job.state), ("attempts", job.attempts),
-        ("worker", job.worker_id or "-"), ("created", when(job.created_at)), ("started", when(job.started_at)),
-        ("finished", when(job.finished_at)), ("run time", duration(run_time(job))),
+        ("id", job.id),
+        ("kind", job.kind),
+        ("state", job.state),
+        ("attempts", job.attempts),
+        ("worker", job.worker_id or "-"),
+        ("created", when(job.created_at)),
+        ("started", when(job.started_at)),
+        ("finished", when(job.finished_at)),
+        ("run time", duration(run_time(job))),
     ]
     if job.progress:
         items.append(("progress", f"{percent(job)}  {progress_text(job.progress)}".rstrip()))
@@ -377,9 +413,22 @@ def manifest(client, args) -> int:
     print(pairs(items))
     shards = data.get("shards") or []
     if shards:
-        print(table(["FILE", "SPLIT", "ROWS", "CHARS", "BYTES", "SHA256"],
-                    [[s.get("file", "-"), s.get("split", "-"), value(s.get("rows")), value(s.get("chars")),
-                      value(s.get("bytes")), str(s.get("sha256", "-"))[:16]] for s in shards]))
+        print(
+            table(
+                ["FILE", "SPLIT", "ROWS", "CHARS", "BYTES", "SHA256"],
+                [
+                    [
+                        s.get("file", "-"),
+                        s.get("split", "-"),
+                        value(s.get("rows")),
+                        value(s.get("chars")),
+                        value(s.get("bytes")),
+                        str(s.get("sha256", "-"))[:16],
+                    ]
+                    for s in shards
+                ],
+            )
+        )
     if isinstance(data.get("totals"), dict):
         print("totals")
         print(pairs([(k, value(v)) for k, v in data["totals"].items()], indent="  "))
@@ -404,14 +453,24 @@ def workers(client, args) -> int:
     if args.json:
         emit_json([dump(w) for w in found])
         return OK
-    rows = [[w.id, w.host, str(w.pid), w.job_id or "-", when(w.heartbeat_at), "yes" if w.alive else "no"]
-            for w in found]
+    rows = [
+        [w.id, w.host, str(w.pid), w.job_id or "-", when(w.heartbeat_at), "yes" if w.alive else "no"] for w in found
+    ]
     print(table(["ID", "HOST", "PID", "JOB", "HEARTBEAT", "ALIVE"], rows))
     return OK
 
 
-VERBS = {"submit": submit, "list": list_jobs, "status": status, "logs": logs, "wait": wait, "cancel": cancel,
-         "manifest": manifest, "delete": delete, "workers": workers}
+VERBS = {
+    "submit": submit,
+    "list": list_jobs,
+    "status": status,
+    "logs": logs,
+    "wait": wait,
+    "cancel": cancel,
+    "manifest": manifest,
+    "delete": delete,
+    "workers": workers,
+}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -421,8 +480,9 @@ def run(args: argparse.Namespace) -> int:
         with api.Client(args.server) as client:
             return VERBS[args.verb](client, args)
     except api.ClientError as e:
-        hint = " (is it running? --server or $OPENSEEK_NANOCHAT_SERVER names it)" if isinstance(e, api.Unreachable) \
-            else ""
+        hint = (
+            " (is it running? --server or $OPENSEEK_NANOCHAT_SERVER names it)" if isinstance(e, api.Unreachable) else ""
+        )
         print(f"error: {' '.join(str(e).split())}{hint}", file=sys.stderr)
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -432,5 +492,8 @@ def run(args: argparse.Namespace) -> int:
     return REQUEST_FAILED
 
 
-command = Command("the service's jobs: submit, follow, list, status, logs, wait, cancel, manifest, delete, workers",
-                  add_arguments, run)
+command = Command(
+    "the service's jobs: submit, follow, list, status, logs, wait, cancel, manifest, delete, workers",
+    add_arguments,
+    run,
+)

@@ -74,10 +74,13 @@ def check_dataset_output(path: str | os.PathLike, settings: Settings) -> Path:
     if not _is_under(resolved, root):
         raise PathPolicyError(
             f"output path {str(path)!r} is outside the data dir {root}; set OPENSEEK_NANOCHAT_DATA_DIR to allow it",
-            "output_dir")
+            "output_dir",
+        )
     raise PathPolicyError(
         f"output path {str(path)!r} is not inside {datasets}: a conversion writes to a folder of its own there "
-        f"(e.g. {datasets}/<name>)", "output_dir")
+        f"(e.g. {datasets}/<name>)",
+        "output_dir",
+    )
 
 
 def check_job_input(path: str | os.PathLike, settings: Settings, what: str = "input path") -> Path:
@@ -99,8 +102,10 @@ def in_input_roots(path: str | os.PathLike, settings: Settings) -> bool:
 
 def _outside_roots(path: str, settings: Settings) -> PathPolicyError:
     roots = os.pathsep.join(map(str, settings.resolved_input_roots))
-    return PathPolicyError(f"input path {path!r} is outside the allowed input roots ({roots}); set "
-                           "OPENSEEK_NANOCHAT_INPUT_ROOTS to allow it")
+    return PathPolicyError(
+        f"input path {path!r} is outside the allowed input roots ({roots}); set "
+        "OPENSEEK_NANOCHAT_INPUT_ROOTS to allow it"
+    )
 
 
 # --- globs -----------------------------------------------------------------------------------------------------------
@@ -155,8 +160,9 @@ class _Walk:
             elif len(self.found) < MAX_GLOB_MATCHES:
                 self.found.add(path)
             else:
-                raise PathPolicyError(f"{self.pattern!r} matches more than {MAX_GLOB_MATCHES:,} files; narrow it or "
-                                      "split the source")
+                raise PathPolicyError(
+                    f"{self.pattern!r} matches more than {MAX_GLOB_MATCHES:,} files; narrow it or split the source"
+                )
 
     def _descend(self, folder: str, parts: tuple[str, ...], depth: int) -> None:
         if depth >= MAX_GLOB_DEPTH:
@@ -165,8 +171,10 @@ class _Walk:
 
     def _entries(self, folder: str, part: str) -> list[os.DirEntry]:
         if time.monotonic() > self.deadline:
-            raise PathPolicyError(f"expanding the paths took more than {GLOB_SECONDS:g} s (at {self.pattern!r}); "
-                                  "narrow them (a '**' over a big tree?)")
+            raise PathPolicyError(
+                f"expanding the paths took more than {GLOB_SECONDS:g} s (at {self.pattern!r}); "
+                "narrow them (a '**' over a big tree?)"
+            )
         try:
             with os.scandir(folder) as entries:
                 return [e for e in entries if (part[0] == "." or e.name[0] != ".") and fnmatch.fnmatch(e.name, part)]
@@ -204,7 +212,8 @@ def expand_input_globs(patterns: list[str], settings: Settings) -> list[Path]:
             if path.is_dir():
                 expanded = os.path.expanduser(pattern)
                 raise PathPolicyError(
-                    f"{expanded!r} is a directory; give a file or a glob such as '{expanded}/*.jsonl'")
+                    f"{expanded!r} is a directory; give a file or a glob such as '{expanded}/*.jsonl'"
+                )
             matches = [path]
         files.extend(matches)
     return files

@@ -258,8 +258,9 @@ def stop(find: Callable[[], list], grace: float, on_kill: Callable[[list], None]
         time.sleep(0.05)
 
 
-def stop_job(job_id: str, root: subprocess.Popen | None = None, grace: float = 10.0,
-             attempts: range | None = None) -> int:
+def stop_job(
+    job_id: str, root: subprocess.Popen | None = None, grace: float = 10.0, attempts: range | None = None
+) -> int:
     """Stop the processes of a job (of every attempt, or only of `attempts`; `root` is the attempt's job process) with
     `stop`. Returns how many processes were signalled."""
 

@@ -34,11 +34,13 @@ class Settings(BaseSettings):
         description="When set, every endpoint but /healthz, the dashboard and the docs needs a Bearer token.",
     )
     bind_host: str = Field(
-        default="127.0.0.1", description="The address the API listens on; `serve --host` sets it. On a loopback "
+        default="127.0.0.1",
+        description="The address the API listens on; `serve --host` sets it. On a loopback "
         "address only loopback Host names are accepted (DNS rebinding).",
     )
     allowed_hosts: str | None = Field(
-        default=None, description="Comma-separated Host names accepted besides localhost, 127.0.0.1 and [::1] ('*': "
+        default=None,
+        description="Comma-separated Host names accepted besides localhost, 127.0.0.1 and [::1] ('*': "
         "any). Unset on a non-loopback bind: any.",
     )
     nanochat_dir: Path | None = Field(
@@ -47,14 +49,17 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, description="How often a job whose worker died is retried.")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest accepted request body.")
     poll_seconds: float = Field(
-        default=0.5, gt=0,
+        default=0.5,
+        gt=0,
         description="How often a worker looks for work and, while running a job, reports to the database.",
     )
     kill_grace_seconds: float = Field(
         default=10.0, ge=0, description="How long a cancelled job's processes get between SIGTERM and SIGKILL."
     )
     job_nice: int = Field(
-        default=10, ge=0, le=19,
+        default=10,
+        ge=0,
+        le=19,
         description="CPU niceness of job processes: a busy machine still answers API requests at once "
         "(0: same as the API).",
     )

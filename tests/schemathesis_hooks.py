@@ -27,16 +27,48 @@ class Literal(str):
     """A number written into the JSON as is: json.dumps cannot write 1e400 or an integer of 10,000 digits."""
 
 
-EDGE_NUMBERS = [math.inf, -math.inf, math.nan, Literal("1e400"), Literal("-1e400"), Literal("9" * 10_000),
-                Literal("-" + "9" * 5000), 10**30, -(2**63), 2**64, 1e308, 5e-324, -0.0]
+EDGE_NUMBERS = [
+    math.inf,
+    -math.inf,
+    math.nan,
+    Literal("1e400"),
+    Literal("-1e400"),
+    Literal("9" * 10_000),
+    Literal("-" + "9" * 5000),
+    10**30,
+    -(2**63),
+    2**64,
+    1e308,
+    5e-324,
+    -0.0,
+]
 EDGE_QUERY_VALUES = ["NaN", "Infinity", "-Infinity", "1e400", "9" * 10_000, "-0", "0x10", "²"]
 
 OWN_ORIGIN = os.environ.get("HOOKS_SERVER_ORIGIN", "http://127.0.0.1")
 ODD_HEADERS = {
-    "Host": ["evil.example", "localhost:99999", "[::1", "[zz]:80", "127.0.0.1:abc", "a" * 300, "²", "evil@127.0.0.1",
-             "LOCALHOST", "127.0.0.1.evil.example"],
-    "Origin": ["null", "http://evil.example", "http://[::1", "file://", "http://127.0.0.1:99999", "²", OWN_ORIGIN,
-               OWN_ORIGIN.replace("http:", "https:"), f"{OWN_ORIGIN}.evil.example"],
+    "Host": [
+        "evil.example",
+        "localhost:99999",
+        "[::1",
+        "[zz]:80",
+        "127.0.0.1:abc",
+        "a" * 300,
+        "²",
+        "evil@127.0.0.1",
+        "LOCALHOST",
+        "127.0.0.1.evil.example",
+    ],
+    "Origin": [
+        "null",
+        "http://evil.example",
+        "http://[::1",
+        "file://",
+        "http://127.0.0.1:99999",
+        "²",
+        OWN_ORIGIN,
+        OWN_ORIGIN.replace("http:", "https:"),
+        f"{OWN_ORIGIN}.evil.example",
+    ],
     "Last-Event-ID": ["²", "-1", "1e3", "9" * 20, "9" * 19, "9223372036854775808", "0", "0x10", "1 2", "9" * 400],
     "Idempotency-Key": ["²", "a" * 255, "a" * 256, "key\x7f", "ÿ" * 100, "0"],
 }

@@ -107,7 +107,9 @@ def wait_until(condition: Callable[[], object], timeout: float, interval: float 
         time.sleep(interval)
 
 
-def wait_for_state(client: httpx.Client, job_id: str, states: str | tuple[str, ...] = FINISHED, timeout: float = 60) -> dict:
+def wait_for_state(
+    client: httpx.Client, job_id: str, states: str | tuple[str, ...] = FINISHED, timeout: float = 60
+) -> dict:
     """Poll GET /jobs/{id} until the job is in one of `states`; return the job. On timeout, fail showing the job."""
     states = (states,) if isinstance(states, str) else tuple(states)
     job: dict = {}
@@ -152,7 +154,9 @@ def start_server(
     if token:
         extra["OPENSEEK_NANOCHAT_API_TOKEN"] = token
     log_path = data_dir.parent / f"server-{port}.log"
-    argv = cli("serve", "--port", str(port), "--workers", str(workers), "--access-log" if access_log else "--no-access-log")
+    argv = cli(
+        "serve", "--port", str(port), "--workers", str(workers), "--access-log" if access_log else "--no-access-log"
+    )
     base_url = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     client = httpx.Client(base_url=base_url, headers=headers, timeout=30)
@@ -172,7 +176,9 @@ def start_worker(data_dir: Path, env: dict[str, str] | None = None) -> subproces
     """A standalone `openseek-nanochat worker` over `data_dir` (stop it with stop_process)."""
     log_file = open(data_dir.parent / f"worker-{time.monotonic_ns()}.log", "wb")
     with log_file:
-        return subprocess.Popen(cli("worker"), env=service_env(data_dir, env), stdout=log_file, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            cli("worker"), env=service_env(data_dir, env), stdout=log_file, stderr=subprocess.STDOUT
+        )
 
 
 def shakespeare_jsonl(path: Path, copies: int) -> Path:
@@ -204,18 +210,21 @@ def start_postgres() -> Iterator[str]:
     try:
         subprocess.run(
             [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         )
         options = f"-k {root} -p {port} -c listen_addresses='' -c fsync=off -c max_connections=200"
         subprocess.run(
             [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"],
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         )
         try:
             yield f"postgresql+psycopg://postgres@/postgres?host={root}&port={port}"
         finally:
             subprocess.run(
-                [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True
+                [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                capture_output=True,
             )
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -8,15 +8,13 @@ import math
 from datetime import timedelta
 from pathlib import Path
 
-from app.jobs import files as jobfiles
-
-from app.jobs import queue
-
-from app.jobs import store
-from app.jobs.db import make_engine
-from app.jobs.models import FINISHED, Job, JobState, new_job_id, utcnow
 from openseek_nanochat.settings import Settings
 from openseek_nanochat.train.spec import TrainSpec
+
+from app.jobs import files as jobfiles
+from app.jobs import queue, store
+from app.jobs.db import make_engine
+from app.jobs.models import FINISHED, Job, JobState, new_job_id, utcnow
 
 WORKER_ID = "stored-jobs-worker"  # the worker a running stored job belongs to
 
@@ -25,9 +23,16 @@ def _progress(spec: dict, records: list[dict]) -> dict:
     """The progress a worker reports after these records, as the trainer's progress events have it."""
     last = records[-1]
     evaluated = [r["val_bpb"] for r in records if r["val_bpb"] is not None]
-    return {"phase": "train", "step": last["step"], "num_iterations": spec["num_iterations"],
-            "fraction": last["step"] / spec["num_iterations"], "loss": last["loss"],
-            "tok_per_sec": last["tok_per_sec"], "val_bpb": evaluated[-1] if evaluated else None, "eta_s": 0.0}
+    return {
+        "phase": "train",
+        "step": last["step"],
+        "num_iterations": spec["num_iterations"],
+        "fraction": last["step"] / spec["num_iterations"],
+        "loss": last["loss"],
+        "tok_per_sec": last["tok_per_sec"],
+        "val_bpb": evaluated[-1] if evaluated else None,
+        "eta_s": 0.0,
+    }
 
 
 def train_metrics(num_iterations: int, eval_every: int) -> list[dict]:
@@ -35,23 +40,33 @@ def train_metrics(num_iterations: int, eval_every: int) -> list[dict]:
     records = []
     for step in range(num_iterations + 1):
         evaluated = step % eval_every == 0 or step == num_iterations
-        records.append({
-            "step": step,
-            "loss": None if step == 0 else round(3.2 + 6.0 * math.exp(-step / 6) + 0.05 * math.sin(step), 4),
-            "lr": None if step == 0 else 0.02,
-            "dt_ms": None if step == 0 else 180.0 + step % 3,
-            "tok_per_sec": None if step == 0 else 22_000.0 + 100 * (step % 5),
-            "mfu": None,
-            "val_bpb": round(2.9 - 1.2 * (1 - math.exp(-step / 8)), 4) if evaluated else None,
-        })
+        records.append(
+            {
+                "step": step,
+                "loss": None if step == 0 else round(3.2 + 6.0 * math.exp(-step / 6) + 0.05 * math.sin(step), 4),
+                "lr": None if step == 0 else 0.02,
+                "dt_ms": None if step == 0 else 180.0 + step % 3,
+                "tok_per_sec": None if step == 0 else 22_000.0 + 100 * (step % 5),
+                "mfu": None,
+                "val_bpb": round(2.9 - 1.2 * (1 - math.exp(-step / 8)), 4) if evaluated else None,
+            }
+        )
     return records
 
 
 def small_train_spec(dataset: Path, num_iterations: int = 20, eval_every: int = 5) -> dict:
     """A small CPU training, as POST /jobs/train stores it."""
     return TrainSpec(
-        dataset=str(dataset), depth=4, max_seq_len=256, device_batch_size=8, num_iterations=num_iterations,
-        eval_every=eval_every, eval_tokens=8192, nproc_per_node=2, device="cpu", tokenizer={"vocab_size": 1024},
+        dataset=str(dataset),
+        depth=4,
+        max_seq_len=256,
+        device_batch_size=8,
+        num_iterations=num_iterations,
+        eval_every=eval_every,
+        eval_tokens=8192,
+        nproc_per_node=2,
+        device="cpu",
+        tokenizer={"vocab_size": 1024},
     ).model_dump(mode="json")
 
 
@@ -64,7 +79,11 @@ def add_train_job(
 
 
 def insert_train_job(
-    data_dir: Path, spec: dict, records: list[dict], state: JobState, job_id: str | None = None,
+    data_dir: Path,
+    spec: dict,
+    records: list[dict],
+    state: JobState,
+    job_id: str | None = None,
     duration: timedelta = timedelta(minutes=3),
 ) -> str:
     """A train job row whose progress and result agree with its metric records, and its metrics file."""

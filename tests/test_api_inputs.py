@@ -20,8 +20,9 @@ from openseek_nanochat.settings import Settings
 from serverutil import start_server, start_worker, stop_process, wait_for_state
 
 OUTSIDE = "is outside the allowed input roots"
-ESCAPING_DATA_FILES = ("data_files of split 'train' names a file outside the allowed input roots "
-                       "(see README.md `configs`)")
+ESCAPING_DATA_FILES = (
+    "data_files of split 'train' names a file outside the allowed input roots (see README.md `configs`)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +97,11 @@ def test_a_glob_outside_the_roots_names_only_the_pattern(server, root):
         return error_of(submit(server, files_source(up + pattern))).replace(repr(up + pattern), "PATTERN")
 
     # The answer is the same whether what the pattern names exists or not.
-    for existing, missing in [("etc/hostname", "etc/no-such-file"), ("etc/host*", "etc/no-such-*"),
-                              ("etc/**/*.conf", "no-such-dir/**/*.conf")]:
+    for existing, missing in [
+        ("etc/hostname", "etc/no-such-file"),
+        ("etc/host*", "etc/no-such-*"),
+        ("etc/**/*.conf", "no-such-dir/**/*.conf"),
+    ]:
         assert message(existing) == message(missing)
 
 
@@ -136,8 +140,11 @@ def test_a_link_out_of_the_roots_is_named_not_its_target(server, root, outside):
     links.mkdir()
     os.symlink(outside / "secret.jsonl", links / "evil.jsonl")
     os.symlink(outside, links / "d")
-    for pattern, link in [(links / "*.jsonl", links / "evil.jsonl"), (links / "*" / "*.jsonl", links / "d"),
-                          (links / "d" / "*.jsonl", None)]:
+    for pattern, link in [
+        (links / "*.jsonl", links / "evil.jsonl"),
+        (links / "*" / "*.jsonl", links / "d"),
+        (links / "d" / "*.jsonl", None),
+    ]:
         msg = error_of(submit(server, files_source(pattern)))
         assert msg.startswith(f"input path {str(link or pattern)!r} {OUTSIDE}"), msg
         assert str(outside) not in msg and "secret" not in msg.replace(str(pattern), "")
@@ -222,7 +229,8 @@ def test_the_hf_check_has_a_time_limit(tmp_path, monkeypatch):
 
 def readme(dataset: Path, data_files: str) -> None:
     (dataset / "README.md").write_text(
-        f"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: \"{data_files}\"\n---\n")
+        f'---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: "{data_files}"\n---\n'
+    )
 
 
 def test_hf_data_files_outside_the_roots(server, root, outside):

@@ -97,7 +97,9 @@ def test_idempotency_key_returns_the_same_job(server):
 def test_delete_and_purge(server):
     client = server.client
     kept = wait_for_state(client, client.post("/jobs/convert", json=gsm8k_spec(name="kept", max_docs=200)).json()["id"])
-    purged = wait_for_state(client, client.post("/jobs/convert", json=gsm8k_spec(name="gone", max_docs=200)).json()["id"])
+    purged = wait_for_state(
+        client, client.post("/jobs/convert", json=gsm8k_spec(name="gone", max_docs=200)).json()["id"]
+    )
     datasets = server.data_dir / "datasets"
     assert (datasets / "kept" / "manifest.json").is_file() and (datasets / "gone" / "manifest.json").is_file()
 

@@ -9,6 +9,7 @@ from sqlmodel import SQLModel
 
 import app.jobs.models  # noqa: F401  (the tables, on SQLModel.metadata)
 from app.jobs.db import make_engine
+
 from serverutil import cli, service_env
 
 

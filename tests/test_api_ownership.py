@@ -35,8 +35,14 @@ GSM8K = str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")
 
 def tiny_spec(**extra) -> dict:
     """A conversion of a few seconds at most: 200 documents in a handful of shards."""
-    return {"sources": [{"type": "files", "paths": [GSM8K], "text_template": "{question}\n{answer}"}],
-            "max_docs": 200, "chars_per_shard": 20_000, "row_group_size": 16, "val_docs": 10, **extra}
+    return {
+        "sources": [{"type": "files", "paths": [GSM8K], "text_template": "{question}\n{answer}"}],
+        "max_docs": 200,
+        "chars_per_shard": 20_000,
+        "row_group_size": 16,
+        "val_docs": 10,
+        **extra,
+    }
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
@@ -68,7 +74,7 @@ def test_output_dir_must_be_a_folder_inside_datasets(server):
         str(data / "runs"): inside,
         str(data / "runs" / "x"): inside,
         str(server.data_dir.parent / "elsewhere"): f"is outside the data dir {data}; set OPENSEEK_NANOCHAT_DATA_DIR "
-                                                   "to allow it",
+        "to allow it",
     }
     for output_dir, why in refused.items():
         response = server.client.post("/jobs/convert", json=tiny_spec(output_dir=output_dir))
@@ -98,7 +104,8 @@ def test_purge_keeps_the_data_dir_and_its_folders_whatever_an_old_job_wrote(serv
         deleted = purge(server.client, job_id)
         assert folder.is_dir() and (folder / "manifest.json").is_file() and (data / "jobs.db").is_file()
         assert deleted["kept"] == [
-            {"path": str(folder), "reason": f"it is not a dataset folder of its own inside {folders[1]}"}]
+            {"path": str(folder), "reason": f"it is not a dataset folder of its own inside {folders[1]}"}
+        ]
         (folder / "manifest.json").unlink()
     assert (data / "jobs.db").is_file() and server.client.get("/healthz").json() == {"status": "ok"}
 
@@ -124,8 +131,10 @@ def submit_all(base_url: str, specs: list[dict]) -> list[httpx.Response]:
     return responses
 
 
-BUSY = re.compile(r"job ([0-9a-f]{16}) \((?:queued|running)\) already writes to (\S+?)(?:, which (?:lies inside|holds) "
-                  r"(\S+))?; wait for it, cancel it, or choose another name or output_dir")
+BUSY = re.compile(
+    r"job ([0-9a-f]{16}) \((?:queued|running)\) already writes to (\S+?)(?:, which (?:lies inside|holds) "
+    r"(\S+))?; wait for it, cancel it, or choose another name or output_dir"
+)
 
 
 def race_then_purge(server) -> None:
@@ -146,8 +155,10 @@ def race_then_purge(server) -> None:
     group_p = [datasets / "p", datasets / "p" / "q", datasets / "p" / "q" / "r"]
     group_p2 = [datasets / "p2", datasets / "p2" / "s"]
     outputs = [(group_p + group_p2)[i % 5] for i in range(20)]
-    specs = [tiny_spec(name="p", seed=i) if out == datasets / "p" else tiny_spec(output_dir=str(out), seed=i)
-             for i, out in enumerate(outputs)]
+    specs = [
+        tiny_spec(name="p", seed=i) if out == datasets / "p" else tiny_spec(output_dir=str(out), seed=i)
+        for i, out in enumerate(outputs)
+    ]
     responses = submit_all(server.base_url, specs)
     winners = {}
     for out, response in zip(outputs, responses):
@@ -191,8 +202,10 @@ def test_concurrent_submits_into_one_folder_one_wins(server):
 
 @pytest.mark.needs("postgresql")
 def test_concurrent_submits_into_one_folder_one_wins_on_postgresql(tmp_path):
-    with start_postgres() as url, start_server(tmp_path / "data", workers=2,
-                                               env={"OPENSEEK_NANOCHAT_DATABASE_URL": url}) as server:
+    with (
+        start_postgres() as url,
+        start_server(tmp_path / "data", workers=2, env={"OPENSEEK_NANOCHAT_DATABASE_URL": url}) as server,
+    ):
         race_then_purge(server)
 
 
@@ -207,7 +220,8 @@ def test_a_job_that_finds_a_dataset_finished_does_not_own_it(server):
     before = files_of(out)
     for job in (again, other):
         assert purge(client, job["id"])["kept"] == [
-            {"path": str(out), "reason": f"its manifest names job {first['id']} as its owner, not job {job['id']}"}]
+            {"path": str(out), "reason": f"its manifest names job {first['id']} as its owner, not job {job['id']}"}
+        ]
         assert files_of(out) == before
     assert str(out) in purge(client, first["id"])["removed"] and not out.exists()
 
@@ -226,8 +240,13 @@ def job_processes(job_id: str) -> list[psutil.Process]:
 def test_a_resubmit_that_finishes_an_interrupted_dataset_owns_it(server):
     client, out = server.client, server.data_dir.resolve() / "datasets" / "interrupted"
     corpus = shakespeare_jsonl(server.data_dir.parent / "shakespeare8.jsonl", copies=8)
-    spec = {"name": "interrupted", "sources": [{"type": "files", "paths": [str(corpus)]}], "chars_per_shard": 100_000,
-            "row_group_size": 16, "shuffle_buffer": 2000}
+    spec = {
+        "name": "interrupted",
+        "sources": [{"type": "files", "paths": [str(corpus)]}],
+        "chars_per_shard": 100_000,
+        "row_group_size": 16,
+        "shuffle_buffer": 2000,
+    }
     first = client.post("/jobs/convert", json=spec).json()["id"]
 
     def partial():
@@ -249,7 +268,8 @@ def test_a_resubmit_that_finishes_an_interrupted_dataset_owns_it(server):
     assert finished["complete"] and finished["owner"] == second["id"]
     assert finished["shards"][: len(manifest["shards"])] == manifest["shards"]  # resumed, not started over
     assert purge(client, first)["kept"] == [
-        {"path": str(out), "reason": f"its manifest names job {second['id']} as its owner, not job {first}"}]
+        {"path": str(out), "reason": f"its manifest names job {second['id']} as its owner, not job {first}"}
+    ]
     assert (out / "manifest.json").is_file()
     assert str(out) in purge(client, second["id"])["removed"] and not out.exists()
 
@@ -277,11 +297,16 @@ def test_purge_is_refused_while_an_unfinished_job_uses_the_dataset(tmp_path):
         inner = client.post("/jobs/convert", json=tiny_spec(output_dir=str(out / "inner"))).json()["id"]
         refused = client.delete(f"/jobs/{convert}", params={"purge": "true"})
         assert refused.status_code == 409
-        assert refused.json() == {"detail": f"job {inner} (queued) already writes to {out / 'inner'}, which lies "
-                                            f"inside {out}; not purging job {convert}'s {out}"}
+        assert refused.json() == {
+            "detail": f"job {inner} (queued) already writes to {out / 'inner'}, which lies "
+            f"inside {out}; not purging job {convert}'s {out}"
+        }
         assert client.get(f"/jobs/{convert}").json()["state"] == "succeeded" and files_of(out) == before
         client.post(f"/jobs/{inner}/cancel").raise_for_status()
 
         assert purge(client, convert) == {
-            "id": convert, "removed": [str(server.data_dir.resolve() / "jobs" / convert), str(out)], "kept": []}
+            "id": convert,
+            "removed": [str(server.data_dir.resolve() / "jobs" / convert), str(out)],
+            "kept": [],
+        }
         assert not out.exists() and (server.data_dir / "jobs.db").is_file()

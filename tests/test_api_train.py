@@ -20,8 +20,14 @@ METRIC_KEYS = {"step", "loss", "lr", "dt_ms", "tok_per_sec", "mfu", "val_bpb"}
 
 # Tiny and quick on 2 CPU ranks: 2 layers of width 128, 128-token rows, 1,024 tokens a step.
 TINY = {
-    "depth": 2, "head_dim": 64, "max_seq_len": 128, "device_batch_size": 4, "eval_tokens": 2048, "warmup_steps": 2,
-    "nproc_per_node": 2, "device": "cpu",
+    "depth": 2,
+    "head_dim": 64,
+    "max_seq_len": 128,
+    "device_batch_size": 4,
+    "eval_tokens": 2048,
+    "warmup_steps": 2,
+    "nproc_per_node": 2,
+    "device": "cpu",
 }
 STEPS, EVAL_EVERY, SAVE_EVERY = 20, 5, 5
 
@@ -37,8 +43,13 @@ def server(tmp_path_factory):
 def dataset(server) -> str:
     """A finished convert job over tinyshakespeare, one paragraph a document: its id."""
     corpus = shakespeare_jsonl(server.data_dir.parent / "shakespeare.jsonl", copies=1)
-    spec = {"name": "shakespeare", "sources": [{"type": "files", "paths": [str(corpus)]}], "chars_per_shard": 300_000,
-            "row_group_size": 128, "val_docs": 600}
+    spec = {
+        "name": "shakespeare",
+        "sources": [{"type": "files", "paths": [str(corpus)]}],
+        "chars_per_shard": 300_000,
+        "row_group_size": 128,
+        "val_docs": 600,
+    }
     job = server.client.post("/jobs/convert", json=spec).raise_for_status().json()
     return wait_for_state(server.client, job["id"], "succeeded", timeout=60)["id"]
 
@@ -46,8 +57,14 @@ def dataset(server) -> str:
 @pytest.fixture(scope="module")
 def trained(server, dataset) -> dict:
     """A whole train job, tokenizer training included: the finished job."""
-    spec = {**TINY, "dataset": dataset, "tokenizer": {"vocab_size": 1024, "max_chars": 600_000},
-            "num_iterations": STEPS, "eval_every": EVAL_EVERY, "save_every": SAVE_EVERY}
+    spec = {
+        **TINY,
+        "dataset": dataset,
+        "tokenizer": {"vocab_size": 1024, "max_chars": 600_000},
+        "num_iterations": STEPS,
+        "eval_every": EVAL_EVERY,
+        "save_every": SAVE_EVERY,
+    }
     response = server.client.post("/jobs/train", json=spec)
     assert response.status_code == 202, response.text
     return wait_for_state(server.client, response.json()["id"], "succeeded", timeout=150)
@@ -71,6 +88,7 @@ def processes_of(job_id: str) -> list[psutil.Process]:
 
 def ranks(processes: list[psutil.Process]) -> list[psutil.Process]:
     """The trainer processes torchrun started (not their tokenizing helpers)."""
+
     def is_rank(process):
         try:
             return "torch.distributed.run" in process.parent().cmdline()
@@ -121,8 +139,12 @@ def test_a_two_rank_job_learns_and_reports_every_step(server, trained):
     assert result["world_size"] == 2 and result["val_bpb"] == pytest.approx(metrics[-1]["val_bpb"])
     assert tok.load(result["tokenizer_dir"]).get_vocab_size() == 1024
     checkpoints = {p.name for p in os.scandir(result["checkpoint_dir"])}
-    assert {f"model_{STEPS:06d}.pt", f"meta_{STEPS:06d}.json", f"optim_{STEPS:06d}_rank0.pt",
-            f"optim_{STEPS:06d}_rank1.pt"} <= checkpoints
+    assert {
+        f"model_{STEPS:06d}.pt",
+        f"meta_{STEPS:06d}.json",
+        f"optim_{STEPS:06d}_rank0.pt",
+        f"optim_{STEPS:06d}_rank1.pt",
+    } <= checkpoints
 
     log = log_text(server, job["id"])
     assert "2 rank(s) on cpu" in log and f"step {STEPS:05d}/{STEPS:05d} (100.00%)" in log
@@ -132,14 +154,21 @@ def test_a_two_rank_job_learns_and_reports_every_step(server, trained):
 def test_a_killed_workers_training_resumes_from_its_last_checkpoint(server, dataset, trained):
     client = server.client
     steps = 3 * SAVE_EVERY
-    spec = {**TINY, "dataset": dataset, "tokenizer": {"path": trained["result"]["tokenizer_dir"]},
-            "num_iterations": steps, "eval_every": EVAL_EVERY, "save_every": SAVE_EVERY}
+    spec = {
+        **TINY,
+        "dataset": dataset,
+        "tokenizer": {"path": trained["result"]["tokenizer_dir"]},
+        "num_iterations": steps,
+        "eval_every": EVAL_EVERY,
+        "save_every": SAVE_EVERY,
+    }
     job = client.post("/jobs/train", json=spec).raise_for_status().json()
     victim = wait_for_state(client, job["id"], "running")["worker_id"]
     [pid] = [w["pid"] for w in client.get("/workers").json() if w["id"] == victim]
     checkpoints = server.data_dir / "runs" / job["id"] / "checkpoints"
-    wait_until((checkpoints / f"meta_{SAVE_EVERY:06d}.json").exists, timeout=90, interval=0.05,
-               what="the first checkpoint")
+    wait_until(
+        (checkpoints / f"meta_{SAVE_EVERY:06d}.json").exists, timeout=90, interval=0.05, what="the first checkpoint"
+    )
     first_attempt = processes_of(job["id"])
     os.kill(pid, signal.SIGKILL)
     assert len(ranks(first_attempt)) == 2
@@ -166,11 +195,19 @@ def test_a_killed_workers_training_resumes_from_its_last_checkpoint(server, data
 
 def test_cancel_stops_the_job_torchrun_and_every_rank(server, dataset, trained):
     client = server.client
-    spec = {**TINY, "dataset": dataset, "tokenizer": {"path": trained["result"]["tokenizer_dir"]},
-            "num_iterations": 100_000, "eval_every": -1}
+    spec = {
+        **TINY,
+        "dataset": dataset,
+        "tokenizer": {"path": trained["result"]["tokenizer_dir"]},
+        "num_iterations": 100_000,
+        "eval_every": -1,
+    }
     job = client.post("/jobs/train", json=spec).raise_for_status().json()
-    wait_until(lambda: (client.get(f"/jobs/{job['id']}").json()["progress"] or {}).get("step", 0) >= 1,
-               timeout=60, what="the first step logged")
+    wait_until(
+        lambda: (client.get(f"/jobs/{job['id']}").json()["progress"] or {}).get("step", 0) >= 1,
+        timeout=60,
+        what="the first step logged",
+    )
     running = processes_of(job["id"])
     assert len(ranks(running)) == 2 and len(running) >= 4  # the job process, torchrun and its two ranks
 
@@ -178,8 +215,10 @@ def test_cancel_stops_the_job_torchrun_and_every_rank(server, dataset, trained):
     assert response.status_code == 202
     cancelled = wait_for_state(client, job["id"], "cancelled", timeout=10)
     assert survivors(running) == [] and processes_of(job["id"]) == []
-    assert re.search(rf"\[worker {cancelled['worker_id']}\] cancelled: stopped [1-9]\d* processes of the job",
-                     log_text(server, job["id"]))
+    assert re.search(
+        rf"\[worker {cancelled['worker_id']}\] cancelled: stopped [1-9]\d* processes of the job",
+        log_text(server, job["id"]),
+    )
 
 
 def refusal(server, spec: dict) -> dict:
@@ -202,15 +241,23 @@ def test_unknown_dataset_is_refused(server, small):
 
 def test_unfinished_convert_job_is_refused(server, small):
     corpus = shakespeare_jsonl(server.data_dir.parent / "shakespeare.jsonl", copies=1)
-    convert = server.client.post("/jobs/convert", json={"name": "unfinished", "sources": [
-        {"type": "files", "paths": [str(corpus)]}]}).raise_for_status().json()
+    convert = (
+        server.client.post(
+            "/jobs/convert", json={"name": "unfinished", "sources": [{"type": "files", "paths": [str(corpus)]}]}
+        )
+        .raise_for_status()
+        .json()
+    )
     try:
         error = refusal(server, {**small, "dataset": convert["id"]})
     finally:
         server.client.post(f"/jobs/{convert['id']}/cancel")
     assert error["loc"] == ["body", "dataset"]
-    assert re.fullmatch(rf"convert job {convert['id']} is (queued|running); a train job can use it once it has "
-                        "succeeded", error["msg"]), error["msg"]
+    assert re.fullmatch(
+        rf"convert job {convert['id']} is (queued|running); a train job can use it once it has "
+        "succeeded",
+        error["msg"],
+    ), error["msg"]
     wait_for_state(server.client, convert["id"], ("cancelled", "succeeded"), timeout=30)
 
 
@@ -223,8 +270,10 @@ def test_a_job_of_another_kind_is_refused(server, small, trained):
 def test_batch_sizes_that_do_not_divide_are_refused(server, small):
     error = refusal(server, {**small, "total_batch_size": 1500})
     assert error["loc"] == ["body"]
-    assert "total_batch_size 1,500 is not a multiple of device_batch_size x max_seq_len x nproc_per_node = " \
-           "4 x 128 x 2 = 1,024; use e.g. 1,024 or 2,048" in error["msg"]
+    assert (
+        "total_batch_size 1,500 is not a multiple of device_batch_size x max_seq_len x nproc_per_node = "
+        "4 x 128 x 2 = 1,024; use e.g. 1,024 or 2,048" in error["msg"]
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

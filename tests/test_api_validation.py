@@ -91,7 +91,8 @@ def test_body_too_large(server):
     response = server.client.post("/jobs/convert", content=big, headers={"Content-Type": "application/json"})
     assert response.status_code == 413 and response.json() == expected
     chunked = server.client.post(  # no Content-Length: counted as it arrives
-        "/jobs/convert", content=(big[i : i + 65536] for i in range(0, len(big), 65536)),
+        "/jobs/convert",
+        content=(big[i : i + 65536] for i in range(0, len(big), 65536)),
         headers={"Content-Type": "application/json"},
     )
     assert chunked.status_code == 413 and chunked.json() == expected
@@ -101,7 +102,9 @@ def test_unknown_train_field(server):
     body = {"dataset": "x", "num_iterations": 10, "tokenizer": {"vocab_size": 1024, "max_char": 10_000}}
     [error] = detail(server.client.post("/jobs/train", json=body))
     assert error["type"] == "extra_forbidden" and error["loc"] == ["body", "tokenizer", "train", "max_char"]
-    [error] = detail(server.client.post("/jobs/train", json={"dataset": "x", "num_iterations": 10, "learning_rate": 0.1}))
+    [error] = detail(
+        server.client.post("/jobs/train", json={"dataset": "x", "num_iterations": 10, "learning_rate": 0.1})
+    )
     assert error["type"] == "extra_forbidden" and error["loc"] == ["body", "learning_rate"]
 
 
@@ -140,7 +143,12 @@ def test_token_required_when_set(tmp_path):
     with start_server(tmp_path / "data", token="s3cret") as server:
         anonymous = httpx.Client(base_url=server.base_url)
         assert anonymous.get("/healthz").json() == {"status": "ok"}
-        for method, path in [("GET", "/jobs"), ("GET", "/workers"), ("POST", "/jobs/convert"), ("GET", "/jobs/0123456789abcdef/logs")]:
+        for method, path in [
+            ("GET", "/jobs"),
+            ("GET", "/workers"),
+            ("POST", "/jobs/convert"),
+            ("GET", "/jobs/0123456789abcdef/logs"),
+        ]:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"}):
                 response = anonymous.request(method, path, headers=headers, json={})
                 assert response.status_code == 401, (method, path, headers)

@@ -36,22 +36,53 @@ GSM8K = {"type": "files", "paths": [str(JSONL / "gsm8k.jsonl")], "text_template"
 def chaos_specs(texts: Path) -> dict[str, dict]:
     """Five kinds of conversion: JSONL with a template, a JSONL column, Megatron parts, text files, a mixture."""
     return {
-        "jsonl": {"sources": [GSM8K], "max_chars": 6_000_000, "chars_per_shard": 10_000, "row_group_size": 16,
-                  "val_docs": 40},
-        "column": {"sources": [{"type": "files", "paths": [str(JSONL / "mmlu_stem.jsonl")], "text_column": "question"}],
-                   "max_chars": 4_000_000, "chars_per_shard": 10_000, "row_group_size": 16, "val_docs": 40, "seed": 3},
-        "megatron": {"sources": [{"type": "megatron", "prefixes": [str(SHARED_DATA / "megatron" / "*")],
-                                  "tokenizer": QWEN}],
-                     "max_chars": 12_000_000, "chars_per_shard": 10_000, "row_group_size": 16, "val_docs": 50},
-        "text": {"sources": [{"type": "files", "paths": [str(texts / "*.txt")]}],
-                 "max_chars": 6_000_000, "chars_per_shard": 10_000, "row_group_size": 16, "val_docs": 50},
-        "mixture": {"sources": [GSM8K,
-                                {"type": "files", "paths": [str(JSONL / "cmath.jsonl")], "text_column": "question",
-                                 "weight": 0.5},
-                                {"type": "megatron", "tokenizer": QWEN, "weight": 2,
-                                 "data_path": [1, str(SHARED_DATA / "megatron" / "math500_text_document")]}],
-                    "max_chars": 12_000_000, "chars_per_shard": 10_000, "row_group_size": 16, "shuffle_buffer": 500,
-                    "seed": 7, "val_docs": 30},
+        "jsonl": {
+            "sources": [GSM8K],
+            "max_chars": 6_000_000,
+            "chars_per_shard": 10_000,
+            "row_group_size": 16,
+            "val_docs": 40,
+        },
+        "column": {
+            "sources": [{"type": "files", "paths": [str(JSONL / "mmlu_stem.jsonl")], "text_column": "question"}],
+            "max_chars": 4_000_000,
+            "chars_per_shard": 10_000,
+            "row_group_size": 16,
+            "val_docs": 40,
+            "seed": 3,
+        },
+        "megatron": {
+            "sources": [{"type": "megatron", "prefixes": [str(SHARED_DATA / "megatron" / "*")], "tokenizer": QWEN}],
+            "max_chars": 12_000_000,
+            "chars_per_shard": 10_000,
+            "row_group_size": 16,
+            "val_docs": 50,
+        },
+        "text": {
+            "sources": [{"type": "files", "paths": [str(texts / "*.txt")]}],
+            "max_chars": 6_000_000,
+            "chars_per_shard": 10_000,
+            "row_group_size": 16,
+            "val_docs": 50,
+        },
+        "mixture": {
+            "sources": [
+                GSM8K,
+                {"type": "files", "paths": [str(JSONL / "cmath.jsonl")], "text_column": "question", "weight": 0.5},
+                {
+                    "type": "megatron",
+                    "tokenizer": QWEN,
+                    "weight": 2,
+                    "data_path": [1, str(SHARED_DATA / "megatron" / "math500_text_document")],
+                },
+            ],
+            "max_chars": 12_000_000,
+            "chars_per_shard": 10_000,
+            "row_group_size": 16,
+            "shuffle_buffer": 500,
+            "seed": 7,
+            "val_docs": 30,
+        },
     }
 
 
@@ -63,7 +94,7 @@ def root(tmp_path_factory) -> Path:
     texts.mkdir()
     paragraphs = [p for p in (SHARED_DATA / "tinyshakespeare.txt").read_text().split("\n\n") if p.strip()]
     for i in range(0, len(paragraphs), 10):  # one document per file
-        (texts / f"{i // 10:04d}.txt").write_text("\n\n".join(paragraphs[i:i + 10]))
+        (texts / f"{i // 10:04d}.txt").write_text("\n\n".join(paragraphs[i : i + 10]))
     return root
 
 
@@ -116,8 +147,9 @@ def lock_early_in_a_long_job(server, jobs: dict[str, str]):
 
     def early_in_a_long_job() -> bool:
         running = server.client.get("/jobs", params={"state": "running"}).json()["jobs"]
-        return any(jobs.get(job["id"]) in LONG and 0 < ((job["progress"] or {}).get("fraction") or 0) < 0.3
-                   for job in running)
+        return any(
+            jobs.get(job["id"]) in LONG and 0 < ((job["progress"] or {}).get("fraction") or 0) < 0.3 for job in running
+        )
 
     give_up = time.monotonic() + 30
     wait_until(lambda: early_in_a_long_job() or time.monotonic() > give_up, timeout=60, interval=0.05)
@@ -128,8 +160,10 @@ def lock_early_in_a_long_job(server, jobs: dict[str, str]):
 # a leftover by the worker of a later attempt.
 STARTED = re.compile(r"\[worker (?P<worker>\S+)\] attempt (?P<attempt>\d+) started \(pid \d+\): ")
 ENDED = re.compile(r"\[worker (?P<worker>\S+)\] attempt (?P<attempt>\d+) ended: (?P<how>.*)$")
-STOPPED = re.compile(r"\[worker (?P<worker>\S+)\] (lost|cancelled|stopping): stopped \d+ processes of the job's "
-                     r"attempt (?P<attempt>\d+)$")
+STOPPED = re.compile(
+    r"\[worker (?P<worker>\S+)\] (lost|cancelled|stopping): stopped \d+ processes of the job's "
+    r"attempt (?P<attempt>\d+)$"
+)
 CLEARED = re.compile(r"\[worker (?P<worker>\S+)\] stopped \d+ processes left by attempts before (?P<attempt>\d+)$")
 
 
@@ -189,16 +223,16 @@ def test_chaos(root, specs, clean_outputs):
             return states if all(s["state"] == "succeeded" for s in states) else None
 
         states = wait_until(finished, timeout=150, interval=0.5, what="all 20 jobs succeeded")
-        logs = {job_id: client.get(f"/jobs/{job_id}/logs", params={"limit": 4 << 20}).json()["text"]
-                for job_id in jobs}
+        logs = {job_id: client.get(f"/jobs/{job_id}/logs", params={"limit": 4 << 20}).json()["text"] for job_id in jobs}
 
     assert sum(s["attempts"] > 1 for s in states) >= 1  # the chaos did cost attempts
     for state in states:
         job_id, log = state["id"], logs[state["id"]]
         # Succeeded exactly once: one attempt recorded an outcome, and it was success.
         notes = [line for line in log.splitlines() if line.startswith(("[worker ", "[control]"))]
-        assert [re.sub(r".* attempt \d+ recorded: ", "", n) for n in notes if " recorded: " in n] == ["succeeded"], \
+        assert [re.sub(r".* attempt \d+ recorded: ", "", n) for n in notes if " recorded: " in n] == ["succeeded"], (
             "\n".join(notes)
+        )
         check_attempts(log, victims)
         assert job_processes(job_id) == []
         # Byte-identical to the clean run of the same spec.

@@ -23,9 +23,20 @@ from serverutil import SHARED_DATA, free_port, shakespeare_jsonl, start_server, 
 TOKEN = "client-token"
 GSM8K = str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")
 # A model small enough to train a few steps in seconds on one CPU rank.
-TINY_TRAIN = {"depth": 2, "head_dim": 64, "max_seq_len": 128, "device_batch_size": 4, "eval_tokens": 1024,
-              "warmup_steps": 1, "nproc_per_node": 1, "device": "cpu", "num_iterations": 4, "eval_every": 2,
-              "save_every": 2, "tokenizer": {"vocab_size": 512, "max_chars": 200_000}}
+TINY_TRAIN = {
+    "depth": 2,
+    "head_dim": 64,
+    "max_seq_len": 128,
+    "device_batch_size": 4,
+    "eval_tokens": 1024,
+    "warmup_steps": 1,
+    "nproc_per_node": 1,
+    "device": "cpu",
+    "num_iterations": 4,
+    "eval_every": 2,
+    "save_every": 2,
+    "tokenizer": {"vocab_size": 512, "max_chars": 200_000},
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +55,12 @@ def client(server):
 def long_spec(server) -> dict:
     """A conversion of ~330 small shards: several seconds."""
     corpus = shakespeare_jsonl(server.data_dir.parent / "shakespeare.jsonl", copies=6)
-    return {"sources": [{"type": "files", "paths": [str(corpus)]}], "chars_per_shard": 20_000, "row_group_size": 16,
-            "shuffle_buffer": 2000}
+    return {
+        "sources": [{"type": "files", "paths": [str(corpus)]}],
+        "chars_per_shard": 20_000,
+        "row_group_size": 16,
+        "shuffle_buffer": 2000,
+    }
 
 
 def running_with_shards(client: Client, job_id: str, shards: int) -> None:
@@ -58,9 +73,16 @@ def running_with_shards(client: Client, job_id: str, shards: int) -> None:
 
 
 def test_the_result_types_mirror_the_api():
-    pairs = [(api.Job, schemas.JobRead), (api.JobList, schemas.JobList), (api.LogChunk, schemas.LogChunk),
-             (api.Deleted, schemas.Deleted), (api.Kept, schemas.Kept), (api.Worker, schemas.WorkerRead),
-             (api.Progress, schemas.Progress), (api.JobError, schemas.JobError)]
+    pairs = [
+        (api.Job, schemas.JobRead),
+        (api.JobList, schemas.JobList),
+        (api.LogChunk, schemas.LogChunk),
+        (api.Deleted, schemas.Deleted),
+        (api.Kept, schemas.Kept),
+        (api.Worker, schemas.WorkerRead),
+        (api.Progress, schemas.Progress),
+        (api.JobError, schemas.JobError),
+    ]
     for ours, theirs in pairs:
         required = {name: field.is_required() for name, field in ours.model_fields.items()}
         assert required == {name: field.is_required() for name, field in theirs.model_fields.items()}, ours
@@ -76,8 +98,13 @@ def test_the_client_needs_neither_the_service_nor_its_web_stack():
 def test_convert_then_train_end_to_end(server, client):
     # convert: the library's own spec object, followed event by event
     corpus = shakespeare_jsonl(server.data_dir.parent / "shakespeare.jsonl", copies=6)
-    spec = ConvertSpec(name="plays", sources=[{"type": "files", "paths": [str(corpus)]}], chars_per_shard=300_000,
-                       row_group_size=128, val_docs=600)
+    spec = ConvertSpec(
+        name="plays",
+        sources=[{"type": "files", "paths": [str(corpus)]}],
+        chars_per_shard=300_000,
+        row_group_size=128,
+        val_docs=600,
+    )
     job = client.submit("convert", spec, idempotency_key="plays-1")
     assert job.kind == "convert" and job.state in (api.JobState.queued, api.JobState.running)
     assert client.submit("convert", spec, idempotency_key="plays-1").id == job.id  # a retried submit
@@ -190,8 +217,11 @@ def test_follow_gives_up_on_a_server_that_is_gone(server, client):
     pauses = []
     started = time.monotonic()
     with Client(f"http://127.0.0.1:{proxy.port}", token=TOKEN, give_up_after=2) as through_proxy:
-        with pytest.raises(api.Unreachable, match=rf"^cannot reach the server at http://127\.0\.0\.1:{proxy.port}: "
-                                                  "connection refused$"):
+        with pytest.raises(
+            api.Unreachable,
+            match=rf"^cannot reach the server at http://127\.0\.0\.1:{proxy.port}: "
+            "connection refused$",
+        ):
             for _ in through_proxy.follow(job.id, on_retry=lambda reason, pause: pauses.append(pause)):
                 pass
     assert 2 <= time.monotonic() - started < 6
@@ -216,7 +246,8 @@ def test_failures_are_typed_and_say_what(server, client):
             wrong.list()
         assert error.value.status == 401 and str(error.value) == (
             "missing or wrong API token: send 'Authorization: Bearer <token>' with the server's "
-            "OPENSEEK_NANOCHAT_API_TOKEN (HTTP 401)")
+            "OPENSEEK_NANOCHAT_API_TOKEN (HTTP 401)"
+        )
         with pytest.raises(api.Unauthorized):
             next(wrong.follow("0123456789abcdef"))
         assert wrong.health() is True  # /healthz needs no token
@@ -228,7 +259,10 @@ def test_failures_are_typed_and_say_what(server, client):
     with pytest.raises(api.Invalid) as error:
         client.submit("convert", {"sources": [{"type": "files", "paths": [GSM8K]}], "chars_per_shard": -1})
     assert error.value.errors == [api.FieldError("chars_per_shard", "Input should be greater than 0")]
-    job = client.wait(client.submit("convert", {"sources": [{"type": "files", "paths": [GSM8K],
-                                                              "text_template": "{question}"}], "max_docs": 50}).id)
+    job = client.wait(
+        client.submit(
+            "convert", {"sources": [{"type": "files", "paths": [GSM8K], "text_template": "{question}"}], "max_docs": 50}
+        ).id
+    )
     with pytest.raises(api.Conflict, match=rf"^job {job.id} has already succeeded; there is nothing to cancel"):
         client.cancel(job.id)

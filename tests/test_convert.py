@@ -6,7 +6,6 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 import zstandard
 
 from convertutil import jsonl_records, read_docs, run_spec, shard_bytes, shard_paths
@@ -18,9 +17,20 @@ def gsm8k_docs(shared_data):
 
 def test_templated_jsonl_every_document_exactly_once(shared_data, datasets):
     out = datasets / "gsm8k"
-    manifest = run_spec({"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")],
-                                      "text_template": "{question}\n{answer}"}],
-                         "output_dir": str(out), "chars_per_shard": 100_000, "row_group_size": 64})
+    manifest = run_spec(
+        {
+            "sources": [
+                {
+                    "type": "files",
+                    "paths": [str(shared_data / "jsonl/gsm8k.jsonl")],
+                    "text_template": "{question}\n{answer}",
+                }
+            ],
+            "output_dir": str(out),
+            "chars_per_shard": 100_000,
+            "row_group_size": 64,
+        }
+    )
     expected = gsm8k_docs(shared_data)
     got = read_docs(out)
     assert collections.Counter(got) == collections.Counter(expected)
@@ -31,21 +41,49 @@ def test_templated_jsonl_every_document_exactly_once(shared_data, datasets):
 
 def test_chinese_text_and_list_columns_render(shared_data, datasets):
     out = datasets / "mix"
-    run_spec({"sources": [
-        {"type": "files", "paths": [str(shared_data / "jsonl/cmath.jsonl")], "text_template": "{question}\n答案: {answer}"},
-        {"type": "files", "paths": [str(shared_data / "jsonl/mmlu_stem.jsonl")], "text_template": "{question}\n{choices}"},
-    ], "output_dir": str(out), "chars_per_shard": 200_000})
+    run_spec(
+        {
+            "sources": [
+                {
+                    "type": "files",
+                    "paths": [str(shared_data / "jsonl/cmath.jsonl")],
+                    "text_template": "{question}\n答案: {answer}",
+                },
+                {
+                    "type": "files",
+                    "paths": [str(shared_data / "jsonl/mmlu_stem.jsonl")],
+                    "text_template": "{question}\n{choices}",
+                },
+            ],
+            "output_dir": str(out),
+            "chars_per_shard": 200_000,
+        }
+    )
     cmath = [f"{r['question']}\n答案: {r['answer']}" for r in jsonl_records(shared_data / "jsonl/cmath.jsonl")]
-    mmlu = [f"{r['question']}\n" + "\n".join(r["choices"]) for r in jsonl_records(shared_data / "jsonl/mmlu_stem.jsonl")]
+    mmlu = [
+        f"{r['question']}\n" + "\n".join(r["choices"]) for r in jsonl_records(shared_data / "jsonl/mmlu_stem.jsonl")
+    ]
     assert collections.Counter(read_docs(out)) == collections.Counter(cmath + mmlu)
     assert any("答案" in d for d in read_docs(out, "val") + read_docs(out, "train"))
 
 
 def test_nanochat_layout(shared_data, datasets):
     out = datasets / "layout"
-    manifest = run_spec({"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")],
-                                      "text_template": "{question}\n{answer}"}],
-                         "output_dir": str(out), "chars_per_shard": 150_000, "row_group_size": 100, "val_docs": 50})
+    manifest = run_spec(
+        {
+            "sources": [
+                {
+                    "type": "files",
+                    "paths": [str(shared_data / "jsonl/gsm8k.jsonl")],
+                    "text_template": "{question}\n{answer}",
+                }
+            ],
+            "output_dir": str(out),
+            "chars_per_shard": 150_000,
+            "row_group_size": 100,
+            "val_docs": 50,
+        }
+    )
     paths = shard_paths(out)
     assert [p.name for p in paths] == [f"shard_{i:05d}.parquet" for i in range(len(paths))]
     assert len(paths) >= 2 and [s["split"] for s in manifest["shards"]] == ["train"] * (len(paths) - 1) + ["val"]
@@ -70,33 +108,48 @@ def test_local_parquet_dataset_through_datasets(shared_data, data_dir, datasets)
     ds_dir.mkdir()
     half = len(lines) // 2
     pq.write_table(pa.table({"content": lines[:half], "n": list(range(half))}), ds_dir / "train-00000.parquet")
-    pq.write_table(pa.table({"content": lines[half:], "n": list(range(half, len(lines)))}), ds_dir / "train-00001.parquet")
+    pq.write_table(
+        pa.table({"content": lines[half:], "n": list(range(half, len(lines)))}), ds_dir / "train-00001.parquet"
+    )
     out = datasets / "from_hf"
-    manifest = run_spec({"sources": [{"type": "hf", "dataset": str(ds_dir), "text_column": "content"}],
-                         "output_dir": str(out), "chars_per_shard": 300_000})
+    manifest = run_spec(
+        {
+            "sources": [{"type": "hf", "dataset": str(ds_dir), "text_column": "content"}],
+            "output_dir": str(out),
+            "chars_per_shard": 300_000,
+        }
+    )
     assert collections.Counter(read_docs(out)) == collections.Counter(lines)
     assert manifest["sources"][0]["type"] == "hf"
 
 
 def test_plain_text_one_document_per_file(shared_data, data_dir, datasets):
     text = (shared_data / "tinyshakespeare.txt").read_text()
-    pieces = [text[i:i + 20_000] for i in range(0, 200_000, 20_000)]
+    pieces = [text[i : i + 20_000] for i in range(0, 200_000, 20_000)]
     src = data_dir / "texts"
     src.mkdir()
     for i, piece in enumerate(pieces):
         (src / f"doc{i:02d}.txt").write_text(piece)
     (src / "blank.txt").write_text("  \n")
     out = datasets / "text_out"
-    manifest = run_spec({"sources": [{"type": "files", "paths": [str(src / "*.txt")]}], "output_dir": str(out),
-                         "chars_per_shard": 50_000, "row_group_size": 2, "val_docs": 1})
+    manifest = run_spec(
+        {
+            "sources": [{"type": "files", "paths": [str(src / "*.txt")]}],
+            "output_dir": str(out),
+            "chars_per_shard": 50_000,
+            "row_group_size": 2,
+            "val_docs": 1,
+        }
+    )
     assert sorted(read_docs(out)) == sorted(pieces)
     assert manifest["sources"][0]["skipped"]["empty"] == 1
 
 
 def test_compressed_jsonl_parquet_and_arrow_files(shared_data, data_dir, datasets):
     records = jsonl_records(shared_data / "jsonl/math500.jsonl")
-    lines = [line for line in (shared_data / "jsonl/math500.jsonl").read_bytes().splitlines(keepends=True)
-             if line.strip()]
+    lines = [
+        line for line in (shared_data / "jsonl/math500.jsonl").read_bytes().splitlines(keepends=True) if line.strip()
+    ]
     half = len(lines) // 2
     (data_dir / "a.jsonl.gz").write_bytes(gzip.compress(b"".join(lines[:half])))
     (data_dir / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(b"".join(lines[half:])))
@@ -105,18 +158,37 @@ def test_compressed_jsonl_parquet_and_arrow_files(shared_data, data_dir, dataset
     with pa.OSFile(str(data_dir / "d.arrow"), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
         w.write_table(table)
     out = datasets / "multi"
-    run_spec({"sources": [{"type": "files", "paths": [str(data_dir / p) for p in
-                                                      ("a.jsonl.gz", "b.jsonl.zst", "c.parquet", "d.arrow")],
-                           "text_template": "{problem}\n\n{solution}"}], "output_dir": str(out)})
+    run_spec(
+        {
+            "sources": [
+                {
+                    "type": "files",
+                    "paths": [str(data_dir / p) for p in ("a.jsonl.gz", "b.jsonl.zst", "c.parquet", "d.arrow")],
+                    "text_template": "{problem}\n\n{solution}",
+                }
+            ],
+            "output_dir": str(out),
+        }
+    )
     expected = [f"{r['problem']}\n\n{r['solution']}" for r in records]
     assert collections.Counter(read_docs(out)) == collections.Counter(expected * 3)
 
 
 def test_same_spec_same_bytes_and_seed_changes_order(shared_data, datasets):
-    spec = {"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")], "text_column": "question"},
-                        {"type": "files", "paths": [str(shared_data / "jsonl/math500.jsonl")], "text_column": "problem",
-                         "weight": 2}],
-            "chars_per_shard": 60_000, "row_group_size": 32, "shuffle_buffer": 300}
+    spec = {
+        "sources": [
+            {"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")], "text_column": "question"},
+            {
+                "type": "files",
+                "paths": [str(shared_data / "jsonl/math500.jsonl")],
+                "text_column": "problem",
+                "weight": 2,
+            },
+        ],
+        "chars_per_shard": 60_000,
+        "row_group_size": 32,
+        "shuffle_buffer": 300,
+    }
     run_spec({**spec, "output_dir": str(datasets / "a")})
     run_spec({**spec, "output_dir": str(datasets / "b")})
     run_spec({**spec, "output_dir": str(datasets / "c"), "seed": 7})
@@ -127,9 +199,18 @@ def test_same_spec_same_bytes_and_seed_changes_order(shared_data, datasets):
 
 def test_sources_are_interleaved_from_the_start(shared_data, datasets):
     out = datasets / "inter"
-    run_spec({"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")], "text_column": "question"},
-                          {"type": "files", "paths": [str(shared_data / "jsonl/math500.jsonl")], "text_column": "problem"}],
-              "output_dir": str(out), "shuffle_buffer": 200, "chars_per_shard": 10**9, "val_docs": 10})
+    run_spec(
+        {
+            "sources": [
+                {"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")], "text_column": "question"},
+                {"type": "files", "paths": [str(shared_data / "jsonl/math500.jsonl")], "text_column": "problem"},
+            ],
+            "output_dir": str(out),
+            "shuffle_buffer": 200,
+            "chars_per_shard": 10**9,
+            "val_docs": 10,
+        }
+    )
     math = {r["problem"] for r in jsonl_records(shared_data / "jsonl/math500.jsonl")}
     first = read_docs(out)[:200]
     share = sum(d in math for d in first) / len(first)
@@ -138,8 +219,20 @@ def test_sources_are_interleaved_from_the_start(shared_data, datasets):
 
 def test_no_shuffle_keeps_source_order(shared_data, datasets):
     out = datasets / "ordered"
-    run_spec({"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")], "text_template":
-                           "{question}\n{answer}"}], "output_dir": str(out), "shuffle": False, "val_docs": 19})
+    run_spec(
+        {
+            "sources": [
+                {
+                    "type": "files",
+                    "paths": [str(shared_data / "jsonl/gsm8k.jsonl")],
+                    "text_template": "{question}\n{answer}",
+                }
+            ],
+            "output_dir": str(out),
+            "shuffle": False,
+            "val_docs": 19,
+        }
+    )
     docs = read_docs(out)
     assert docs == gsm8k_docs(shared_data)  # train in file order, val = the last 19 documents
 
@@ -154,31 +247,56 @@ def test_budgets_max_docs_and_max_chars(shared_data, datasets):
 
 
 def test_budget_repeats_a_source_as_new_epochs(shared_data, datasets):
-    m = run_spec({"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/cmath.jsonl")], "text_column": "question"}],
-                  "output_dir": str(datasets / "ep"), "max_docs": 1500, "val_docs": 10})
+    m = run_spec(
+        {
+            "sources": [
+                {"type": "files", "paths": [str(shared_data / "jsonl/cmath.jsonl")], "text_column": "question"}
+            ],
+            "output_dir": str(datasets / "ep"),
+            "max_docs": 1500,
+            "val_docs": 10,
+        }
+    )
     assert m["totals"]["docs"] == 1500
     assert m["sources"][0]["epochs"] == 3  # 600 documents per epoch
 
 
 def test_max_shards_and_min_chars(shared_data, datasets):
-    m = run_spec({"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")], "text_column": "answer"}],
-                  "output_dir": str(datasets / "ms"), "max_shards": 3, "chars_per_shard": 50_000, "row_group_size": 16,
-                  "min_chars": 200, "val_docs": 25})
+    m = run_spec(
+        {
+            "sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")], "text_column": "answer"}],
+            "output_dir": str(datasets / "ms"),
+            "max_shards": 3,
+            "chars_per_shard": 50_000,
+            "row_group_size": 16,
+            "min_chars": 200,
+            "val_docs": 25,
+        }
+    )
     assert len(m["shards"]) == 3 and m["shards"][-1]["split"] == "val" and m["shards"][-1]["rows"] == 25
     assert all(len(d) >= 200 for d in read_docs(datasets / "ms"))
     assert m["sources"][0]["skipped"]["short"] > 0
 
 
 def test_rows_per_shard(shared_data, datasets):
-    m = run_spec({"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")], "text_column": "answer"}],
-                  "output_dir": str(datasets / "rps"), "rows_per_shard": 300, "row_group_size": 128, "val_docs": 19})
+    m = run_spec(
+        {
+            "sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")], "text_column": "answer"}],
+            "output_dir": str(datasets / "rps"),
+            "rows_per_shard": 300,
+            "row_group_size": 128,
+            "val_docs": 19,
+        }
+    )
     assert [s["rows"] for s in m["shards"]] == [300, 300, 300, 300, 100, 19]
     assert [s["row_groups"] for s in m["shards"]][:4] == [3, 3, 3, 3]
 
 
 def test_rerun_of_complete_output_is_a_no_op(shared_data, datasets):
-    spec = {"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")], "text_column": "answer"}],
-            "output_dir": str(datasets / "again")}
+    spec = {
+        "sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")], "text_column": "answer"}],
+        "output_dir": str(datasets / "again"),
+    }
     first = run_spec(spec)
     before = {p: p.stat().st_mtime_ns for p in shard_paths(datasets / "again")}
     second = run_spec(spec)
@@ -188,19 +306,32 @@ def test_rerun_of_complete_output_is_a_no_op(shared_data, datasets):
 
 def test_manifest_records_inputs_and_spec(shared_data, datasets):
     path = shared_data / "jsonl/gsm8k.jsonl"
-    m = run_spec({"sources": [{"type": "files", "paths": [str(path)], "text_column": "answer"}],
-                  "output_dir": str(datasets / "fp")})
-    assert m["inputs"][0]["files"] == [{"path": str(path), "size": path.stat().st_size,
-                                        "mtime": path.stat().st_mtime_ns / 1e9}]
+    m = run_spec(
+        {
+            "sources": [{"type": "files", "paths": [str(path)], "text_column": "answer"}],
+            "output_dir": str(datasets / "fp"),
+        }
+    )
+    assert m["inputs"][0]["files"] == [
+        {"path": str(path), "size": path.stat().st_size, "mtime": path.stat().st_mtime_ns / 1e9}
+    ]
     assert m["spec"]["sources"][0]["text_column"] == "answer" and m["output_dir"] == str(datasets / "fp")
     assert json.loads((datasets / "fp" / "manifest.json").read_text())["complete"] is True
 
 
 def test_progress_follows_the_writing_of_a_single_file(shared_data, datasets):
     reports = []
-    run_spec({"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")], "text_column": "answer"}],
-              "output_dir": str(datasets / "p"), "chars_per_shard": 20_000, "row_group_size": 16,
-              "shuffle_buffer": 200, "val_docs": 10}, on_progress=reports.append)
+    run_spec(
+        {
+            "sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")], "text_column": "answer"}],
+            "output_dir": str(datasets / "p"),
+            "chars_per_shard": 20_000,
+            "row_group_size": 16,
+            "shuffle_buffer": 200,
+            "val_docs": 10,
+        },
+        on_progress=reports.append,
+    )
     fractions = [r["fraction"] for r in reports]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert len({f for f in fractions if 0 < f < 1}) >= 10, fractions  # it moves while shards are written
@@ -208,7 +339,12 @@ def test_progress_follows_the_writing_of_a_single_file(shared_data, datasets):
 
 
 def test_validation_shard_has_a_row_group_for_each_of_8_ranks(shared_data, datasets):
-    m = run_spec({"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")], "text_column": "answer"}],
-                  "output_dir": str(datasets / "v"), "val_docs": 100})
+    m = run_spec(
+        {
+            "sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")], "text_column": "answer"}],
+            "output_dir": str(datasets / "v"),
+            "val_docs": 100,
+        }
+    )
     val = pq.ParquetFile(datasets / "v" / m["shards"][-1]["file"])
     assert [val.metadata.row_group(i).num_rows for i in range(val.num_row_groups)] == [13] * 7 + [9]

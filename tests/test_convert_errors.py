@@ -8,11 +8,12 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from convertutil import read_docs, run_spec
 from openseek_nanochat import events
+from openseek_nanochat.convert.spec import ConvertSpec
 from openseek_nanochat.errors import InputError
 from openseek_nanochat.paths import PathPolicyError
-from openseek_nanochat.convert.spec import ConvertSpec
+
+from convertutil import read_docs, run_spec
 
 
 def files(*paths, **kw):
@@ -74,13 +75,19 @@ def test_skip_policy_drops_and_counts_malformed_lines(data_dir, datasets):
 
 
 def test_wrong_column_names_the_columns_that_exist(shared_data, datasets):
-    with pytest.raises(InputError, match="text_column is 'text', but the data has no such column; its columns are: "
-                                         "'question', 'answer'") as e:
+    with pytest.raises(
+        InputError,
+        match="text_column is 'text', but the data has no such column; its columns are: 'question', 'answer'",
+    ) as e:
         run_spec({"sources": [files(shared_data / "jsonl/gsm8k.jsonl")], "output_dir": str(datasets / "o")})
     assert e.value.where.endswith("gsm8k.jsonl")
     with pytest.raises(InputError, match="text_template uses 'solution'"):
-        run_spec({"sources": [files(shared_data / "jsonl/gsm8k.jsonl", text_template="{question} {solution}")],
-                  "output_dir": str(datasets / "o")})
+        run_spec(
+            {
+                "sources": [files(shared_data / "jsonl/gsm8k.jsonl", text_template="{question} {solution}")],
+                "output_dir": str(datasets / "o"),
+            }
+        )
 
 
 def test_empty_result_is_an_error_and_writes_no_shard(data_dir, datasets):
@@ -119,8 +126,9 @@ def test_spec_validation_messages():
     with pytest.raises(ValidationError, match="give exactly one of 'prefixes', 'data_path' or 'openseek_config'"):
         ConvertSpec.model_validate({"sources": [{"type": "megatron", "tokenizer": {"type": "qwen", "path": "q"}}]})
     with pytest.raises(ValidationError, match=r"data_path\[1\] should be a prefix path"):
-        ConvertSpec.model_validate({"sources": [{"type": "megatron", "data_path": [1.0, 2.0],
-                                                 "tokenizer": {"type": "qwen", "path": "q"}}]})
+        ConvertSpec.model_validate(
+            {"sources": [{"type": "megatron", "data_path": [1.0, 2.0], "tokenizer": {"type": "qwen", "path": "q"}}]}
+        )
     with pytest.raises(ValidationError, match="text_template field {x:>3} is not supported"):
         ConvertSpec.model_validate({"sources": [{"type": "files", "paths": ["a"], "text_template": "{x:>3}"}]})
 
@@ -129,18 +137,41 @@ def test_cli_prints_an_error_event_and_exits_nonzero(data_dir, tmp_path, dataset
     src = write_jsonl(data_dir / "bad.jsonl", [{"text": "ok"}] * 10, bad_line_at=7)
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"sources": [files(src)], "output_dir": str(datasets / "o")}))
-    proc = subprocess.run([sys.executable, "-m", "openseek_nanochat.cli", "convert", str(spec), "--events"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "openseek_nanochat.cli", "convert", str(spec), "--events"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     errors = [e for e in map(events.parse, proc.stdout.splitlines()) if e and e["type"] == "error"]
-    assert errors == [{**errors[0], "message": "malformed JSON: Expecting property name enclosed in double quotes: "
-                                               "line 1 column 2 (char 1)", "where": f"{src}:7"}]
+    assert errors == [
+        {
+            **errors[0],
+            "message": "malformed JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+            "where": f"{src}:7",
+        }
+    ]
 
 
 def test_cli_flags_of_the_openseek_example(data_dir, shared_data):
-    proc = subprocess.run([sys.executable, "-m", "openseek_nanochat.cli", "convert", "--dataset",
-                           str(shared_data / "jsonl/gsm8k.jsonl"), "--num-shards", "3", "--shard-size", "100000",
-                           "--text-column", "question"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "openseek_nanochat.cli",
+            "convert",
+            "--dataset",
+            str(shared_data / "jsonl/gsm8k.jsonl"),
+            "--num-shards",
+            "3",
+            "--shard-size",
+            "100000",
+            "--text-column",
+            "question",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((data_dir / "datasets" / "gsm8k.jsonl" / "manifest.json").read_text())
     assert manifest["spec"]["max_shards"] == 3 and manifest["spec"]["chars_per_shard"] == 100_000

@@ -20,6 +20,7 @@ def crash_after(shards: int):
     def on_progress(p):
         if p["shards"] >= shards:
             raise Crash()
+
     return on_progress
 
 
@@ -27,10 +28,25 @@ def crash_after(shards: int):
 def mixed_spec(shared_data):
     # 16 shards; crashing at 15 stops after the last train shard, before the val shard. Two sources, blocks smaller
     # than shards and shards smaller than blocks both occur, a char budget with epochs.
-    return {"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")], "text_template": "{question}\n{answer}"},
-                        {"type": "files", "paths": [str(shared_data / "jsonl/cmath.jsonl")], "text_column": "question",
-                         "weight": 0.5}],
-            "chars_per_shard": 40_000, "row_group_size": 32, "shuffle_buffer": 150, "val_docs": 40}
+    return {
+        "sources": [
+            {
+                "type": "files",
+                "paths": [str(shared_data / "jsonl/gsm8k.jsonl")],
+                "text_template": "{question}\n{answer}",
+            },
+            {
+                "type": "files",
+                "paths": [str(shared_data / "jsonl/cmath.jsonl")],
+                "text_column": "question",
+                "weight": 0.5,
+            },
+        ],
+        "chars_per_shard": 40_000,
+        "row_group_size": 32,
+        "shuffle_buffer": 150,
+        "val_docs": 40,
+    }
 
 
 @pytest.mark.parametrize("crash_at", [1, 3, 7, 15])
@@ -49,10 +65,22 @@ def test_resume_after_crash_is_byte_identical(mixed_spec, datasets, crash_at):
 
 
 def test_resume_with_budget_and_epochs(shared_data, datasets):
-    spec = {"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/cmath.jsonl")], "text_column": "question"},
-                        {"type": "files", "paths": [str(shared_data / "jsonl/math500.jsonl")], "text_column": "problem",
-                         "weight": 3}],
-            "max_chars": 400_000, "chars_per_shard": 30_000, "row_group_size": 16, "shuffle_buffer": 100, "val_docs": 30}
+    spec = {
+        "sources": [
+            {"type": "files", "paths": [str(shared_data / "jsonl/cmath.jsonl")], "text_column": "question"},
+            {
+                "type": "files",
+                "paths": [str(shared_data / "jsonl/math500.jsonl")],
+                "text_column": "problem",
+                "weight": 3,
+            },
+        ],
+        "max_chars": 400_000,
+        "chars_per_shard": 30_000,
+        "row_group_size": 16,
+        "shuffle_buffer": 100,
+        "val_docs": 30,
+    }
     clean = run_spec({**spec, "output_dir": str(datasets / "clean")})
     assert clean["sources"][1]["epochs"] > 1
     with pytest.raises(Crash):
@@ -69,8 +97,12 @@ def test_sigkill_mid_run_then_rerun_is_byte_identical(shared_data, data_dir, tmp
         for copy in range(6):
             for i, p in enumerate(paragraphs):
                 f.write(json.dumps({"text": f"[{copy}:{i}] {p}"}) + "\n")
-    spec = {"sources": [{"type": "files", "paths": [str(big)]}], "chars_per_shard": 100_000, "row_group_size": 16,
-            "shuffle_buffer": 2000}
+    spec = {
+        "sources": [{"type": "files", "paths": [str(big)]}],
+        "chars_per_shard": 100_000,
+        "row_group_size": 16,
+        "shuffle_buffer": 2000,
+    }
     (tmp_path / "clean.json").write_text(json.dumps({**spec, "output_dir": str(datasets / "clean")}))
     (tmp_path / "killed.json").write_text(json.dumps({**spec, "output_dir": str(datasets / "killed")}))
     command = [sys.executable, "-m", "openseek_nanochat.cli", "convert", "--events"]
@@ -104,8 +136,13 @@ def test_resume_of_a_local_hf_dataset(shared_data, data_dir, streaming, datasets
     ds_dir.mkdir()
     records = [json.loads(line) for line in (shared_data / "jsonl/gsm8k.jsonl").read_text().splitlines()]
     pq.write_table(pa.table({"q": [r["question"] for r in records]}), ds_dir / "train.parquet")
-    spec = {"sources": [{"type": "hf", "dataset": str(ds_dir), "text_column": "q", "streaming": streaming}],
-            "chars_per_shard": 20_000, "row_group_size": 16, "shuffle_buffer": 300, "val_docs": 10}
+    spec = {
+        "sources": [{"type": "hf", "dataset": str(ds_dir), "text_column": "q", "streaming": streaming}],
+        "chars_per_shard": 20_000,
+        "row_group_size": 16,
+        "shuffle_buffer": 300,
+        "val_docs": 10,
+    }
     run_spec({**spec, "output_dir": str(datasets / "clean")})
     with pytest.raises(Crash):
         run_spec({**spec, "output_dir": str(datasets / "crashed")}, on_progress=crash_after(2))

@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from app.jobs.models import JobState
+
 from browserutil import launch
 from serverutil import SHARED_DATA, shakespeare_jsonl, start_server, wait_for_state
 from storedjobs import add_train_job, advance_train_job, insert_train_job, small_train_spec, train_metrics
@@ -52,8 +53,13 @@ def page(browser, server):
 def long_spec(server) -> dict:
     """A conversion of several seconds whose fraction grows with the documents written (max_docs sets the total)."""
     corpus = shakespeare_jsonl(server.data_dir.parent / "shakespeare.jsonl", copies=40)
-    return {"sources": [{"type": "files", "paths": [str(corpus)]}], "max_docs": 280_000, "chars_per_shard": 20_000,
-            "row_group_size": 16, "shuffle_buffer": 2000}
+    return {
+        "sources": [{"type": "files", "paths": [str(corpus)]}],
+        "max_docs": 280_000,
+        "chars_per_shard": 20_000,
+        "row_group_size": 16,
+        "shuffle_buffer": 2000,
+    }
 
 
 def test_the_list_follows_a_running_conversion_until_it_succeeds(browser, server, long_spec):
@@ -90,8 +96,17 @@ def test_the_list_follows_a_running_conversion_until_it_succeeds(browser, server
 
 
 def test_a_conversions_page_shows_its_manifest(page, server):
-    spec = {"name": "gsm8k", "sources": [{"type": "files", "paths": [str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")],
-                                          "text_template": "{question}\n{answer}"}], "chars_per_shard": 100_000}
+    spec = {
+        "name": "gsm8k",
+        "sources": [
+            {
+                "type": "files",
+                "paths": [str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")],
+                "text_template": "{question}\n{answer}",
+            }
+        ],
+        "chars_per_shard": 100_000,
+    }
     job = wait_for_state(server.client, server.client.post("/jobs/convert", json=spec).json()["id"], "succeeded")
     manifest = server.client.get(f"/jobs/{job['id']}/manifest").json()
     page.goto(f"/#/jobs/{job['id']}")
@@ -144,8 +159,17 @@ def test_cancel_on_the_page_cancels_the_running_job(page, server, long_spec):
 
 
 def test_resubmit_on_the_page_submits_the_edited_spec_as_a_new_job(page, server):
-    spec = {"sources": [{"type": "files", "paths": [str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")],
-                         "text_template": "{question}\n{answer}"}], "max_docs": 200, "chars_per_shard": 20_000}
+    spec = {
+        "sources": [
+            {
+                "type": "files",
+                "paths": [str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")],
+                "text_template": "{question}\n{answer}",
+            }
+        ],
+        "max_docs": 200,
+        "chars_per_shard": 20_000,
+    }
     job = wait_for_state(server.client, server.client.post("/jobs/convert", json=spec).json()["id"], "succeeded")
     page.goto(f"/#/jobs/{job['id']}")
     expect(page.locator("#job-state")).to_have_text("succeeded")

@@ -44,6 +44,7 @@ def as_rank(monkeypatch, rank, world_size):
 
 # --- a reference: nanochat's algorithm as plainly as it can be written (linear scans, list pops) ---
 
+
 def reference_document_batches(paths, rank, world_size, resume, batch_size):
     resume_pq = resume["pq_idx"] if resume else 0
     resume_rg = resume["rg_idx"] if resume else None
@@ -64,7 +65,7 @@ def reference_document_batches(paths, rank, world_size, resume, batch_size):
             while rg_idx < pf.num_row_groups:
                 texts = pf.read_row_group(rg_idx).column("text").to_pylist()
                 for i in range(0, len(texts), batch_size):
-                    yield texts[i:i + batch_size], (pq_idx, rg_idx, epoch)
+                    yield texts[i : i + batch_size], (pq_idx, rg_idx, epoch)
                 rg_idx += world_size
             pq_idx += 1
         first_pass = False
@@ -117,16 +118,20 @@ def assert_same_batches(ours, reference):
             assert {k: a[2][k] for k in NANOCHAT_KEYS} == {k: b[2][k] for k in NANOCHAT_KEYS}, f"batch {i} state"
 
 
-@pytest.mark.parametrize("split,B,T,buffer_size,batch_size", [
-    ("train", 4, 256, 100, 16),
-    ("train", 2, 1024, 300, 128),  # long rows: many documents per row
-    ("val", 3, 64, 50, 7),  # short rows: nearly every document is cropped
-])
+@pytest.mark.parametrize(
+    "split,B,T,buffer_size,batch_size",
+    [
+        ("train", 4, 256, 100, 16),
+        ("train", 2, 1024, 300, 128),  # long rows: many documents per row
+        ("val", 3, 64, 50, 7),  # short rows: nearly every document is cropped
+    ],
+)
 def test_bestfit_matches_reference(nanochat_env, split, B, T, buffer_size, batch_size):
     tokenizer = tok.get_tokenizer()
     paths = dataloader.split_paths(split)
     ours = dataloader.tokenizing_distributed_data_loader_with_state_bos_bestfit(
-        tokenizer, B, T, split, device="cpu", buffer_size=buffer_size, tokenizer_batch_size=batch_size)
+        tokenizer, B, T, split, device="cpu", buffer_size=buffer_size, tokenizer_batch_size=batch_size
+    )
     ref = reference_bestfit(tokenizer, B, T, paths, buffer_size=buffer_size, batch_size=batch_size)
     assert_same_batches(take(ours, 25), take(ref, 25))
 
@@ -134,7 +139,9 @@ def test_bestfit_matches_reference(nanochat_env, split, B, T, buffer_size, batch
 def test_bestfit_rows_are_bos_aligned_and_full(nanochat_env):
     tokenizer = tok.get_tokenizer()
     bos = tokenizer.get_bos_token_id()
-    loader = dataloader.tokenizing_distributed_data_loader_bos_bestfit(tokenizer, 4, 128, "train", device="cpu", buffer_size=64)
+    loader = dataloader.tokenizing_distributed_data_loader_bos_bestfit(
+        tokenizer, 4, 128, "train", device="cpu", buffer_size=64
+    )
     for x, y in take(loader, 20):
         assert x.shape == y.shape == (4, 128) and x.dtype == torch.long
         assert (x[:, 0] == bos).all()  # every row starts a document
@@ -146,6 +153,7 @@ def test_bestfit_packs_longest_fitting_document_first(tmp_path):
     """A hand-checked case. Documents of 5, 3, 3 and 9 tokens (BOS included), rows of 8: the first row takes the 5,
     then the earlier of the two 3s; the second takes the other 3, then, as nothing fits its last 5 tokens, the 9
     cropped to 5."""
+
     class Chars:  # one token per character, BOS = 0
         def get_bos_token_id(self):
             return 0
@@ -153,9 +161,12 @@ def test_bestfit_packs_longest_fitting_document_first(tmp_path):
         def encode(self, text, prepend=None, num_threads=None):
             return [prepend] + [ord(c) for c in text]
 
-    data = write_shards(tmp_path / "shards", ["abcd", "ef", "gh", "ijklmnop", "val"], num_shards=2, row_group_size=10, val_docs=1)
+    data = write_shards(
+        tmp_path / "shards", ["abcd", "ef", "gh", "ijklmnop", "val"], num_shards=2, row_group_size=10, val_docs=1
+    )
     loader = dataloader.tokenizing_distributed_data_loader_bos_bestfit(
-        Chars(), 1, 7, "train", device="cpu", buffer_size=1, data_dir=data)
+        Chars(), 1, 7, "train", device="cpu", buffer_size=1, data_dir=data
+    )
     rows = []
     for x, y in take(loader, 2):
         rows.append(x[0].tolist() + y[0, -1:].tolist())
@@ -168,8 +179,10 @@ def test_exact_resume_continues_with_the_same_batches(nanochat_env):
     kwargs = dict(device="cpu", buffer_size=80, tokenizer_batch_size=16)
     straight = take(dataloader.tokenizing_distributed_data_loader_with_state_bos_bestfit(*args, **kwargs), 30)
     state = json.loads(json.dumps(straight[11][2]))  # as a checkpoint's meta stores it
-    resumed = take(dataloader.tokenizing_distributed_data_loader_with_state_bos_bestfit(
-        *args, resume_state_dict=state, **kwargs), 18)
+    resumed = take(
+        dataloader.tokenizing_distributed_data_loader_with_state_bos_bestfit(*args, resume_state_dict=state, **kwargs),
+        18,
+    )
     assert_same_batches(resumed, straight[12:])
 
 
@@ -179,7 +192,8 @@ def test_nanochat_state_resumes_like_nanochat(nanochat_env):
     paths = dataloader.split_paths("train")
     for state in ({"pq_idx": 1, "rg_idx": 2, "epoch": 3}, {"pq_idx": 0, "rg_idx": 10**6, "epoch": 1}):
         ours = dataloader.tokenizing_distributed_data_loader_with_state_bos_bestfit(
-            tokenizer, 2, 128, "train", device="cpu", resume_state_dict=state, buffer_size=60, tokenizer_batch_size=20)
+            tokenizer, 2, 128, "train", device="cpu", resume_state_dict=state, buffer_size=60, tokenizer_batch_size=20
+        )
         ref = reference_bestfit(tokenizer, 2, 128, paths, resume=state, buffer_size=60, batch_size=20)
         assert_same_batches(take(ours, 12), take(ref, 12))
 
@@ -190,10 +204,18 @@ def test_ranks_stride_row_groups(nanochat_env, monkeypatch):
     seen = {}
     for rank in (0, 1):
         as_rank(monkeypatch, rank, 2)
-        ours = take(dataloader.tokenizing_distributed_data_loader_with_state_bos_bestfit(
-            tokenizer, 2, 128, "train", device="cpu", buffer_size=60, tokenizer_batch_size=20), 15)
-        assert_same_batches(ours, take(reference_bestfit(
-            tokenizer, 2, 128, paths, rank=rank, world_size=2, buffer_size=60, batch_size=20), 15))
+        ours = take(
+            dataloader.tokenizing_distributed_data_loader_with_state_bos_bestfit(
+                tokenizer, 2, 128, "train", device="cpu", buffer_size=60, tokenizer_batch_size=20
+            ),
+            15,
+        )
+        assert_same_batches(
+            ours,
+            take(
+                reference_bestfit(tokenizer, 2, 128, paths, rank=rank, world_size=2, buffer_size=60, batch_size=20), 15
+            ),
+        )
         origins = {tuple(o[1:3]) for _, _, state in ours for o in state["buffer"]}
         assert origins and all(rg % 2 == rank for _, rg in origins)
         seen[rank] = origins
@@ -202,11 +224,16 @@ def test_ranks_stride_row_groups(nanochat_env, monkeypatch):
 
 def test_exact_state_from_another_rank_falls_back_to_nanochat_resume(nanochat_env, monkeypatch, capsys):
     tokenizer = tok.get_tokenizer()
-    state = take(dataloader.tokenizing_distributed_data_loader_with_state_bos_bestfit(
-        tokenizer, 2, 128, "train", device="cpu", buffer_size=60), 3)[-1][2]
+    state = take(
+        dataloader.tokenizing_distributed_data_loader_with_state_bos_bestfit(
+            tokenizer, 2, 128, "train", device="cpu", buffer_size=60
+        ),
+        3,
+    )[-1][2]
     as_rank(monkeypatch, 1, 2)
     ours = dataloader.tokenizing_distributed_data_loader_with_state_bos_bestfit(
-        tokenizer, 2, 128, "train", device="cpu", resume_state_dict=state, buffer_size=60)
+        tokenizer, 2, 128, "train", device="cpu", resume_state_dict=state, buffer_size=60
+    )
     ref = reference_bestfit(tokenizer, 2, 128, dataloader.split_paths("train"), 1, 2, resume=state, buffer_size=60)
     assert_same_batches(take(ours, 5), take(ref, 5))
     assert "resuming from the next row group" in capsys.readouterr().err
@@ -236,6 +263,7 @@ def test_a_rank_without_row_groups_fails_instead_of_hanging(nanochat_env, monkey
 
 # --- against nanochat itself, when a checkout is at hand ---
 
+
 @pytest.fixture
 def nanochat_loader(nanochat_env, monkeypatch):
     if not NANOCHAT_DIR:
@@ -249,14 +277,18 @@ def nanochat_loader(nanochat_env, monkeypatch):
     return nanochat.dataloader
 
 
-@pytest.mark.parametrize("split,B,T,buffer_size", [("train", 4, 256, 1000), ("train", 2, 1024, 200), ("val", 3, 64, 50)])
+@pytest.mark.parametrize(
+    "split,B,T,buffer_size", [("train", 4, 256, 1000), ("train", 2, 1024, 200), ("val", 3, 64, 50)]
+)
 def test_bestfit_matches_nanochat(nanochat_loader, split, B, T, buffer_size):
     from nanochat.tokenizer import get_tokenizer
 
     nano = nanochat_loader.tokenizing_distributed_data_loader_with_state_bos_bestfit(
-        get_tokenizer(), B, T, split, device="cpu", buffer_size=buffer_size)
+        get_tokenizer(), B, T, split, device="cpu", buffer_size=buffer_size
+    )
     ours = dataloader.tokenizing_distributed_data_loader_with_state_bos_bestfit(
-        tok.get_tokenizer(), B, T, split, device="cpu", buffer_size=buffer_size)
+        tok.get_tokenizer(), B, T, split, device="cpu", buffer_size=buffer_size
+    )
     assert_same_batches(take(ours, 20), take(nano, 20))
 
 
@@ -265,13 +297,23 @@ def test_nanochat_resumes_from_our_state(nanochat_loader, monkeypatch):
     from nanochat.tokenizer import get_tokenizer
 
     as_rank(monkeypatch, 1, 2)
-    state = take(dataloader.tokenizing_distributed_data_loader_with_state_bos_bestfit(
-        tok.get_tokenizer(), 2, 128, "train", device="cpu", buffer_size=60), 4)[-1][2]
-    nano_state = take(nanochat_loader.tokenizing_distributed_data_loader_with_state_bos_bestfit(
-        get_tokenizer(), 2, 128, "train", device="cpu", buffer_size=60), 4)[-1][2]
+    state = take(
+        dataloader.tokenizing_distributed_data_loader_with_state_bos_bestfit(
+            tok.get_tokenizer(), 2, 128, "train", device="cpu", buffer_size=60
+        ),
+        4,
+    )[-1][2]
+    nano_state = take(
+        nanochat_loader.tokenizing_distributed_data_loader_with_state_bos_bestfit(
+            get_tokenizer(), 2, 128, "train", device="cpu", buffer_size=60
+        ),
+        4,
+    )[-1][2]
     assert {k: state[k] for k in NANOCHAT_KEYS} == nano_state
     nano = nanochat_loader.tokenizing_distributed_data_loader_with_state_bos_bestfit(
-        get_tokenizer(), 2, 128, "train", device="cpu", resume_state_dict=state, buffer_size=60)
+        get_tokenizer(), 2, 128, "train", device="cpu", resume_state_dict=state, buffer_size=60
+    )
     ours = dataloader.tokenizing_distributed_data_loader_with_state_bos_bestfit(
-        tok.get_tokenizer(), 2, 128, "train", device="cpu", resume_state_dict=nano_state, buffer_size=60)
+        tok.get_tokenizer(), 2, 128, "train", device="cpu", resume_state_dict=nano_state, buffer_size=60
+    )
     assert_same_batches(take(ours, 8), take(nano, 8))

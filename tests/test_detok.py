@@ -8,15 +8,23 @@ import pytest
 import tiktoken
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from openseek_nanochat.convert.sources.detok import (QWEN_SPECIAL_TOKENS, ByteTableDetokenizer, TokenizersDetokenizer,
-                                     load_detokenizer, load_hf, qwen_token_bytes)
+from openseek_nanochat.convert.sources.detok import (
+    QWEN_SPECIAL_TOKENS,
+    ByteTableDetokenizer,
+    TokenizersDetokenizer,
+    load_detokenizer,
+    load_hf,
+    qwen_token_bytes,
+)
+from openseek_nanochat.convert.spec import HFTokenizerSpec, QwenTokenizerSpec
 from openseek_nanochat.errors import InputError
 from openseek_nanochat.paths import PathPolicyError
 from openseek_nanochat.settings import get_settings
-from openseek_nanochat.convert.spec import HFTokenizerSpec, QwenTokenizerSpec
 
-QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-                r"|\s+(?!\S)|\s+")
+QWEN_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
 EOT, IM_START, IM_END, BEGIN, END = 151643, 151644, 151645, 151849, 151850
 
 
@@ -25,9 +33,12 @@ def qwen_reference(vocabulary: Path) -> tuple[list[bytes], tiktoken.Encoding]:
     """OpenSeek's vocabulary as the detokenizer reads it, and as tiktoken: the reference it must agree with."""
     token_bytes = qwen_token_bytes(vocabulary)
     base = len(token_bytes) - len(QWEN_SPECIAL_TOKENS)
-    encoding = tiktoken.Encoding("qwen", pat_str=QWEN_PATTERN,
-                                 mergeable_ranks={token: rank for rank, token in enumerate(token_bytes[:base])},
-                                 special_tokens={token: base + i for i, token in enumerate(QWEN_SPECIAL_TOKENS)})
+    encoding = tiktoken.Encoding(
+        "qwen",
+        pat_str=QWEN_PATTERN,
+        mergeable_ranks={token: rank for rank, token in enumerate(token_bytes[:base])},
+        special_tokens={token: base + i for i, token in enumerate(QWEN_SPECIAL_TOKENS)},
+    )
     return token_bytes, encoding
 
 
@@ -54,7 +65,13 @@ def test_qwen_vocabulary_matches_tiktoken(qwen_bytes, qwen):
 
 
 def test_qwen_documents_decode_exactly_with_markers_removed(qwen_bytes, qwen):
-    texts = ["Hello, world!\n", "芳芳买了一本书有99页", "a parrot 🦜 and 𝔘 split across tokens", "", "  tabs\tand  spaces "]
+    texts = [
+        "Hello, world!\n",
+        "芳芳买了一本书有99页",
+        "a parrot 🦜 and 𝔘 split across tokens",
+        "",
+        "  tabs\tand  spaces ",
+    ]
     documents = [[BEGIN, *qwen.encode(t), END] for t in texts]
     documents.append([END])  # stock Megatron: an EOD and nothing else
     documents.append([IM_START, *qwen.encode("user"), IM_END, EOT])
@@ -73,8 +90,12 @@ def test_invalid_utf8_is_replaced_and_counted(qwen_bytes, qwen):
         [*qwen.encode("intact")],
     ]
     decoded = ByteTableDetokenizer(qwen_bytes).decode(*as_batch(documents))
-    assert decoded.texts.to_pylist() == ["ok \ufffd", "a literal \ufffd is text, not an error", "\ufffd and \ufffd",
-                                         "intact"]
+    assert decoded.texts.to_pylist() == [
+        "ok \ufffd",
+        "a literal \ufffd is text, not an error",
+        "\ufffd and \ufffd",
+        "intact",
+    ]
     assert decoded.replacements == 3
 
 

@@ -30,7 +30,9 @@ def fake_checkout(root: Path) -> Path:
     (root / "nanochat" / "__init__.py").write_text("")
     flags = "".join(f'parser.add_argument("{flag}", type=str)\n' for flag in SPEC_FLAGS)
     (root / "scripts" / "base_train.py").write_text(
-        "import argparse\nimport pyarrow\nparser = argparse.ArgumentParser()\n" + flags + textwrap.dedent(
+        "import argparse\nimport pyarrow\nparser = argparse.ArgumentParser()\n"
+        + flags
+        + textwrap.dedent(
             """
             parser.add_argument("--resume-from-step", type=int, default=-1)
             parser.add_argument("--core-metric-every", type=int, default=2000)
@@ -53,8 +55,13 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def whole(server) -> Path:
     """A dataset as a finished conversion leaves it (here: shards and the least manifest a train job accepts)."""
-    return write_shards(server.data_dir / "datasets" / "whole", shakespeare_docs(SHARED_DATA), num_shards=3,
-                        row_group_size=64, val_docs=128)
+    return write_shards(
+        server.data_dir / "datasets" / "whole",
+        shakespeare_docs(SHARED_DATA),
+        num_shards=3,
+        row_group_size=64,
+        val_docs=128,
+    )
 
 
 def copy_of(dataset: Path, to: Path) -> Path:
@@ -87,16 +94,28 @@ def test_a_dataset_whose_conversion_is_unfinished_is_refused(server, monkeypatch
         if progress["shards"] >= 3:
             raise Crash()
 
-    spec = {"sources": [{"type": "files", "paths": [str(SHARED_DATA / "jsonl/gsm8k.jsonl")],
-                         "text_template": "{question}\n{answer}"}],
-            "output_dir": str(out), "chars_per_shard": 40_000, "row_group_size": 16, "val_docs": 40}
+    spec = {
+        "sources": [
+            {
+                "type": "files",
+                "paths": [str(SHARED_DATA / "jsonl/gsm8k.jsonl")],
+                "text_template": "{question}\n{answer}",
+            }
+        ],
+        "output_dir": str(out),
+        "chars_per_shard": 40_000,
+        "row_group_size": 16,
+        "val_docs": 40,
+    }
     with pytest.raises(Crash):
         run_spec(spec, on_progress=crash)
     assert json.loads((out / "manifest.json").read_text())["complete"] is False
     error = refusal(server, out)
     assert error["loc"] == ["body", "dataset"]
-    assert error["msg"] == (f"{out} holds an unfinished conversion (manifest.json says complete: false): finish (or "
-                            "re-run) the convert job first")
+    assert error["msg"] == (
+        f"{out} holds an unfinished conversion (manifest.json says complete: false): finish (or "
+        "re-run) the convert job first"
+    )
 
 
 def test_shards_without_a_manifest_are_refused(server, whole):
@@ -104,8 +123,10 @@ def test_shards_without_a_manifest_are_refused(server, whole):
     (bare / "manifest.json").unlink()
     error = refusal(server, bare)
     assert error["loc"] == ["body", "dataset"]
-    assert error["msg"] == (f"{bare} has no readable manifest.json: a dataset is the output of a finished convert "
-                            "job, whose manifest lists its shards")
+    assert error["msg"] == (
+        f"{bare} has no readable manifest.json: a dataset is the output of a finished convert "
+        "job, whose manifest lists its shards"
+    )
 
 
 def test_a_shard_cut_short_or_not_in_the_manifest_is_refused(server, whole):
@@ -114,12 +135,15 @@ def test_a_shard_cut_short_or_not_in_the_manifest_is_refused(server, whole):
     os.truncate(cut / "shard_00001.parquet", size - 100)
     error = refusal(server, cut)
     assert error["loc"] == ["body", "dataset"]
-    assert error["msg"] == (f"shard_00001.parquet in {cut} has {size - 100:,} bytes, but its manifest says "
-                            f"{size:,}: the shard was changed or cut short")
+    assert error["msg"] == (
+        f"shard_00001.parquet in {cut} has {size - 100:,} bytes, but its manifest says "
+        f"{size:,}: the shard was changed or cut short"
+    )
     extra = copy_of(whole, server.data_dir / "datasets" / "extra")
     (extra / "shard_00003.parquet").write_bytes((extra / "shard_00002.parquet").read_bytes())
-    assert refusal(server, extra)["msg"] == (f"{extra}'s manifest.json lists 3 shard(s) but the folder holds 4 "
-                                             "(shard_00003.parquet is not in the manifest)")
+    assert refusal(server, extra)["msg"] == (
+        f"{extra}'s manifest.json lists 3 shard(s) but the folder holds 4 (shard_00003.parquet is not in the manifest)"
+    )
 
 
 def test_a_whole_dataset_is_accepted(server, whole):
@@ -131,18 +155,27 @@ def test_a_whole_dataset_is_accepted(server, whole):
 # --- nanochat's extra_args --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("extra_args, message", [
-    (["--window-pattern", "L", "stray"],
-     "'stray' is neither a flag of this checkout's scripts/base_train.py nor the value of the flag before it"),
-    (["--fp8", "yes"],
-     "'yes' is neither a flag of this checkout's scripts/base_train.py nor the value of the flag before it"),
-    (["--fp8=yes"], "--fp8 takes no value (it is a switch): give --fp8 alone"),
-    (["--window-pattern"], "--window-pattern takes a value: give --window-pattern=VALUE or --window-pattern VALUE"),
-    (["--window-pattern", "--fp8"],
-     "--window-pattern takes a value: give --window-pattern=VALUE or --window-pattern VALUE"),
-    (["L"], "'L' is neither a flag of this checkout's scripts/base_train.py nor the value of the flag before it"),
-    (["-x"], "'-x' is neither a flag of this checkout's scripts/base_train.py nor the value of the flag before it"),
-])
+@pytest.mark.parametrize(
+    "extra_args, message",
+    [
+        (
+            ["--window-pattern", "L", "stray"],
+            "'stray' is neither a flag of this checkout's scripts/base_train.py nor the value of the flag before it",
+        ),
+        (
+            ["--fp8", "yes"],
+            "'yes' is neither a flag of this checkout's scripts/base_train.py nor the value of the flag before it",
+        ),
+        (["--fp8=yes"], "--fp8 takes no value (it is a switch): give --fp8 alone"),
+        (["--window-pattern"], "--window-pattern takes a value: give --window-pattern=VALUE or --window-pattern VALUE"),
+        (
+            ["--window-pattern", "--fp8"],
+            "--window-pattern takes a value: give --window-pattern=VALUE or --window-pattern VALUE",
+        ),
+        (["L"], "'L' is neither a flag of this checkout's scripts/base_train.py nor the value of the flag before it"),
+        (["-x"], "'-x' is neither a flag of this checkout's scripts/base_train.py nor the value of the flag before it"),
+    ],
+)
 def test_extra_args_words_that_are_not_flags_or_their_values_are_refused(server, whole, extra_args, message):
     error = refusal(server, whole, backend="nanochat", extra_args=extra_args)
     assert error["loc"] == ["body", "extra_args"]
@@ -160,8 +193,9 @@ def test_extra_args_flags_with_their_values_are_accepted(server, whole):
 def test_how_many_values_each_flag_takes_is_read_from_base_train(tmp_path):
     checkout = tmp_path / "nanochat"
     (checkout / "scripts").mkdir(parents=True)
-    (checkout / "scripts" / "base_train.py").write_text(textwrap.dedent(
-        """
+    (checkout / "scripts" / "base_train.py").write_text(
+        textwrap.dedent(
+            """
         import argparse
         parser = argparse.ArgumentParser()
         parser.add_argument("--lr", "--learning-rate", type=float)
@@ -172,10 +206,18 @@ def test_how_many_values_each_flag_takes_is_read_from_base_train(tmp_path):
         parser.add_argument("--pair", nargs=2)
         parser.add_argument("--maybe", nargs="?")
         """
-    ))
+        )
+    )
     assert preflight.base_train_flags(checkout) == {
-        "--lr": (1, 1), "--learning-rate": (1, 1), "--fp8": (0, 0), "--verbose": (0, 0), "--compile": (0, 0),
-        "--no-compile": (0, 0), "--layers": (1, None), "--pair": (2, 2), "--maybe": (0, 1),
+        "--lr": (1, 1),
+        "--learning-rate": (1, 1),
+        "--fp8": (0, 0),
+        "--verbose": (0, 0),
+        "--compile": (0, 0),
+        "--no-compile": (0, 0),
+        "--layers": (1, None),
+        "--pair": (2, 2),
+        "--maybe": (0, 1),
     }
 
 
@@ -207,16 +249,26 @@ def assert_each_rename_is_flushed(events: list, folder: Path) -> list[str]:
     renamed = []
     for i, (what, value) in enumerate(events):
         if what == "rename" and value.parent == folder:
-            assert events[i + 1] == ("flush folder", folder.stat().st_ino), (value, events[i + 1:i + 3])
+            assert events[i + 1] == ("flush folder", folder.stat().st_ino), (value, events[i + 1 : i + 3])
             renamed.append(value.name)
     return renamed
 
 
 def test_every_shard_and_manifest_rename_is_flushed(datasets, shared_data, renames_and_flushes):
     out = datasets / "flushed"
-    spec = {"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")],
-                         "text_template": "{question}\n{answer}"}],
-            "output_dir": str(out), "chars_per_shard": 100_000, "row_group_size": 32, "val_docs": 40}
+    spec = {
+        "sources": [
+            {
+                "type": "files",
+                "paths": [str(shared_data / "jsonl/gsm8k.jsonl")],
+                "text_template": "{question}\n{answer}",
+            }
+        ],
+        "output_dir": str(out),
+        "chars_per_shard": 100_000,
+        "row_group_size": 32,
+        "val_docs": 40,
+    }
     manifest = run_spec(spec)
     renamed = assert_each_rename_is_flushed(renames_and_flushes, out)
     assert {shard["file"] for shard in manifest["shards"]} | {"manifest.json"} == set(renamed)

@@ -25,13 +25,22 @@ def server(tmp_path_factory):
 def long_spec(server) -> dict:
     """A conversion of a few seconds whose fraction grows with the documents written (max_docs sets the total)."""
     corpus = shakespeare_jsonl(server.data_dir.parent / "shakespeare.jsonl", copies=6)
-    return {"sources": [{"type": "files", "paths": [str(corpus)]}], "max_docs": 40_000, "chars_per_shard": 20_000,
-            "row_group_size": 16, "shuffle_buffer": 2000}
+    return {
+        "sources": [{"type": "files", "paths": [str(corpus)]}],
+        "max_docs": 40_000,
+        "chars_per_shard": 20_000,
+        "row_group_size": 16,
+        "shuffle_buffer": 2000,
+    }
 
 
 def quick_spec(**extra) -> dict:
-    return {"sources": [{"type": "files", "paths": [GSM8K], "text_template": "{question}\n{answer}"}],
-            "max_docs": 300, "chars_per_shard": 20_000, **extra}
+    return {
+        "sources": [{"type": "files", "paths": [GSM8K], "text_template": "{question}\n{answer}"}],
+        "max_docs": 300,
+        "chars_per_shard": 20_000,
+        **extra,
+    }
 
 
 def read_events(client: httpx.Client, job_id: str, headers: dict | None = None, timeout: float = 60) -> list[dict]:
@@ -125,8 +134,10 @@ def open_stalled_stream(server, job_id: str) -> socket.socket:
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
     s.connect((host, int(port)))
-    s.sendall(f"GET /jobs/{job_id}/events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
-              "Connection: close\r\n\r\n".encode())
+    s.sendall(
+        f"GET /jobs/{job_id}/events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Connection: close\r\n\r\n".encode()
+    )
     return s
 
 

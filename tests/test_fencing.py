@@ -72,11 +72,17 @@ def log_text(server, job_id: str) -> str:
 def start_waiting_job(server, name: str) -> dict:
     """A conversion whose job process is alive and waiting for its output (held by output_held) while the test
     takes the database away: however fast the machine, the attempt is under way for as long as the test needs."""
-    spec = {"name": name, "sources": [{"type": "files", "paths": [GSM8K], "text_template": "{question}\n{answer}"}],
-            "chars_per_shard": 40_000}
+    spec = {
+        "name": name,
+        "sources": [{"type": "files", "paths": [GSM8K], "text_template": "{question}\n{answer}"}],
+        "chars_per_shard": 40_000,
+    }
     job = server.client.post("/jobs/convert", json=spec).json()
-    wait_until(lambda: "waiting for the output" in log_text(server, job["id"]), timeout=60,
-               what="the job process waiting for its output")
+    wait_until(
+        lambda: "waiting for the output" in log_text(server, job["id"]),
+        timeout=60,
+        what="the job process waiting for its output",
+    )
     return server.client.get(f"/jobs/{job['id']}").json()
 
 
@@ -141,8 +147,11 @@ TREE = textwrap.dedent(
 
 def start_attempt(job_id: str, attempt: int) -> subprocess.Popen:
     root = procs.spawn([sys.executable, "-c", TREE], env=procs.job_environment(job_id, attempt))
-    wait_until(lambda: len(procs.job_processes(job_id, root.pid, range(attempt, attempt + 1))) == 3, timeout=20,
-               what=f"3 processes of attempt {attempt}")
+    wait_until(
+        lambda: len(procs.job_processes(job_id, root.pid, range(attempt, attempt + 1))) == 3,
+        timeout=20,
+        what=f"3 processes of attempt {attempt}",
+    )
     return root
 
 
@@ -178,9 +187,19 @@ class Crash(Exception):
 
 @pytest.fixture
 def spec(datasets, shared_data) -> dict:
-    return {"sources": [{"type": "files", "paths": [str(shared_data / "jsonl/gsm8k.jsonl")],
-                         "text_template": "{question}\n{answer}"}],
-            "output_dir": str(datasets / "fenced"), "chars_per_shard": 40_000, "row_group_size": 32, "val_docs": 40}
+    return {
+        "sources": [
+            {
+                "type": "files",
+                "paths": [str(shared_data / "jsonl/gsm8k.jsonl")],
+                "text_template": "{question}\n{answer}",
+            }
+        ],
+        "output_dir": str(datasets / "fenced"),
+        "chars_per_shard": 40_000,
+        "row_group_size": 32,
+        "val_docs": 40,
+    }
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -191,8 +210,14 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 def convert_process(spec: dict, spec_file: Path, job_id: str, attempt: int) -> subprocess.Popen:
     """The job process a worker starts for `attempt` of `job_id`."""
     spec_file.write_text(json.dumps(spec))
-    return subprocess.Popen(cli("convert", str(spec_file), "--events"), env=procs.job_environment(job_id, attempt),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    return subprocess.Popen(
+        cli("convert", str(spec_file), "--events"),
+        env=procs.job_environment(job_id, attempt),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
 
 
 def error_event(output: str) -> dict:
@@ -216,9 +241,11 @@ def test_an_older_attempt_than_the_manifests_renames_nothing(spec, tmp_path):
     output, _ = stale.communicate(timeout=60)
     assert stale.returncode == 1, output
     assert error_event(output) == {
-        "type": "error", "time": error_event(output)["time"], "where": str(out / "manifest.json"),
+        "type": "error",
+        "time": error_event(output)["time"],
+        "where": str(out / "manifest.json"),
         "message": "attempt 1 of job j1 stops without renaming anything: attempt 2 of the job already took this "
-                   "output over",
+        "output over",
     }
     assert snapshot(out) == before
 
@@ -239,7 +266,8 @@ def test_an_attempt_superseded_mid_run_stops_before_its_next_rename(spec):
     assert error.value.where == str(out / "manifest.json")
     assert error.value.message == (
         "attempt 1 of job j1 stops without renaming anything: the output now belongs to attempt 2 (this attempt's "
-        "worker lost the job's lease, and the job went on without it)")
+        "worker lost the job's lease, and the job went on without it)"
+    )
     assert snapshot(out) == taken  # no shard, no manifest, no temp file left
 
 
@@ -248,8 +276,10 @@ def test_a_later_attempt_waits_until_the_earlier_ones_processes_are_gone(spec, t
     with output_held(out):  # attempt 1's job process: it holds the output's lock (and would keep writing) until it dies
         successor = convert_process(spec, tmp_path / "spec.json", "j1", 2)
         waiting = successor.stdout.readline()
-        assert waiting == f"waiting for the output {out} to be free: the processes of an earlier attempt still hold " \
-                          ".convert.lock\n"
+        assert (
+            waiting == f"waiting for the output {out} to be free: the processes of an earlier attempt still hold "
+            ".convert.lock\n"
+        )
         time.sleep(1)
         assert [p.name for p in out.iterdir()] == [".convert.lock"]  # it wrote nothing meanwhile
     output, _ = successor.communicate(timeout=60)

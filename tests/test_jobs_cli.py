@@ -19,8 +19,10 @@ from serverutil import SHARED_DATA, cli, free_port, shakespeare_jsonl, start_ser
 TOKEN = "cli-token"
 ENV = {"OPENSEEK_NANOCHAT_LEASE_SECONDS": "3"}
 GSM8K = str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")
-TOKEN_401 = ("error: missing or wrong API token: send 'Authorization: Bearer <token>' with the server's "
-             "OPENSEEK_NANOCHAT_API_TOKEN (HTTP 401)\n")
+TOKEN_401 = (
+    "error: missing or wrong API token: send 'Authorization: Bearer <token>' with the server's "
+    "OPENSEEK_NANOCHAT_API_TOKEN (HTTP 401)\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +41,15 @@ def client_env(server, token: str | None = TOKEN) -> dict[str, str]:
 
 
 def jobs(server, *args: str, token: str | None = TOKEN, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cli("jobs", *args), env=client_env(server, token), input=stdin, capture_output=True,
-                          text=True, timeout=180)
+    return subprocess.run(
+        cli("jobs", *args), env=client_env(server, token), input=stdin, capture_output=True, text=True, timeout=180
+    )
 
 
 def start_jobs(server, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(cli("jobs", *args), env=client_env(server), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cli("jobs", *args), env=client_env(server), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def write_spec(path, spec: dict) -> str:
@@ -56,8 +60,13 @@ def write_spec(path, spec: dict) -> str:
 def long_spec(server, name: str) -> dict:
     """A conversion of ~330 small shards: several seconds, long enough to act on while it runs."""
     corpus = shakespeare_jsonl(server.data_dir.parent / "shakespeare.jsonl", copies=6)
-    return {"name": name, "sources": [{"type": "files", "paths": [str(corpus)]}], "chars_per_shard": 20_000,
-            "row_group_size": 16, "shuffle_buffer": 2000}
+    return {
+        "name": name,
+        "sources": [{"type": "files", "paths": [str(corpus)]}],
+        "chars_per_shard": 20_000,
+        "row_group_size": 16,
+        "shuffle_buffer": 2000,
+    }
 
 
 def submitted_id(process: subprocess.Popen) -> str:
@@ -89,8 +98,11 @@ def api_log(server, job_id: str) -> str:
 @pytest.fixture(scope="module")
 def converted(server, tmp_path_factory) -> tuple[dict, subprocess.CompletedProcess]:
     """`jobs submit convert spec.json --follow` on gsm8k: the finished job and what the command printed."""
-    spec = {"name": "gsm8k", "sources": [{"type": "files", "paths": [GSM8K], "text_template": "{question}\n{answer}"}],
-            "chars_per_shard": 100_000}
+    spec = {
+        "name": "gsm8k",
+        "sources": [{"type": "files", "paths": [GSM8K], "text_template": "{question}\n{answer}"}],
+        "chars_per_shard": 100_000,
+    }
     spec_file = write_spec(tmp_path_factory.mktemp("spec") / "spec.json", spec)
     done = jobs(server, "submit", "convert", spec_file, "--follow")
     job_id = re.match(r"submitted job ([0-9a-f]+) ", done.stderr)[1]
@@ -138,7 +150,8 @@ def test_a_cancelled_job_exits_1(server):
 
     cancel = jobs(server, "cancel", job_id)
     assert cancel.returncode == 0 and re.fullmatch(
-        rf"job {job_id} (is cancelling: its worker stops every process of it|cancelled)\n", cancel.stdout)
+        rf"job {job_id} (is cancelling: its worker stops every process of it|cancelled)\n", cancel.stdout
+    )
     out, err = following.communicate(timeout=60)
     assert following.returncode == 1, err
     assert err.endswith(f"\nerror: job {job_id} (convert) was cancelled\n")
@@ -154,8 +167,10 @@ def test_ctrl_c_detaches_and_the_job_runs_on(server):
     following.send_signal(signal.SIGINT)
     out, err = following.communicate(timeout=20)
     assert following.returncode == 130, err
-    assert err.endswith(f"\ndetached from job {job_id}; it keeps running. Follow it again with: openseek-nanochat "
-                        f"jobs logs {job_id} --follow (or: openseek-nanochat jobs wait {job_id})\n")
+    assert err.endswith(
+        f"\ndetached from job {job_id}; it keeps running. Follow it again with: openseek-nanochat "
+        f"jobs logs {job_id} --follow (or: openseek-nanochat jobs wait {job_id})\n"
+    )
     assert "Traceback" not in err
     assert server.client.get(f"/jobs/{job_id}").json()["state"] == "running"  # not cancelled
 
@@ -177,8 +192,10 @@ def test_list_status_logs_and_manifest_agree_with_the_api(server, converted):
         return json.loads(done.stdout)
 
     assert as_json("status", job_id) == api.get(f"/jobs/{job_id}").json()
-    assert as_json("list", "--kind", "convert", "--limit", "3") == api.get(
-        "/jobs", params={"kind": "convert", "limit": 3}).json()
+    assert (
+        as_json("list", "--kind", "convert", "--limit", "3")
+        == api.get("/jobs", params={"kind": "convert", "limit": 3}).json()
+    )
     assert as_json("manifest", job_id) == api.get(f"/jobs/{job_id}/manifest").json()
     assert as_json("logs", job_id)["text"] == api_log(server, job_id)
     workers = api.get("/workers").json()
@@ -196,8 +213,11 @@ def test_list_status_logs_and_manifest_agree_with_the_api(server, converted):
     shards = api.get(f"/jobs/{job_id}/manifest").json()["shards"]
     table = jobs(server, "manifest", job_id).stdout
     for shard in shards:
-        assert re.search(rf"^{shard['file']}\s+{shard['split']}\s+{shard['rows']:,}\s.*\s{shard['sha256'][:16]}$",
-                         table, re.MULTILINE), table
+        assert re.search(
+            rf"^{shard['file']}\s+{shard['split']}\s+{shard['rows']:,}\s.*\s{shard['sha256'][:16]}$",
+            table,
+            re.MULTILINE,
+        ), table
     # logs --follow of a finished job: its log, then how it ended
     followed = jobs(server, "logs", job_id, "--follow")
     assert followed.returncode == 0
@@ -205,8 +225,11 @@ def test_list_status_logs_and_manifest_agree_with_the_api(server, converted):
 
 
 def test_delete_purges_and_then_the_job_is_a_404(server, tmp_path):
-    spec = {"name": "deleted", "sources": [{"type": "files", "paths": [GSM8K], "text_template": "{question}"}],
-            "max_docs": 200}
+    spec = {
+        "name": "deleted",
+        "sources": [{"type": "files", "paths": [GSM8K], "text_template": "{question}"}],
+        "max_docs": 200,
+    }
     job_id = jobs(server, "submit", "convert", "-", stdin=json.dumps(spec)).stdout.strip()
     assert re.fullmatch(r"[0-9a-f]{16}", job_id)
     assert jobs(server, "wait", job_id).returncode == 0
@@ -244,11 +267,19 @@ def test_refused_specs_and_unknown_kinds_are_one_line(server, tmp_path):
 def test_an_unreachable_server_is_one_line(server):
     url = f"http://127.0.0.1:{free_port()}"
     for args in (["list"], ["submit", "convert", "-", "--follow"], ["wait", "0123456789abcdef"]):
-        done = subprocess.run(cli("jobs", "--server", url, *args), input="{}", capture_output=True, text=True,
-                              timeout=60, env=client_env(server))
+        done = subprocess.run(
+            cli("jobs", "--server", url, *args),
+            input="{}",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=client_env(server),
+        )
         assert done.returncode == 2 and done.stdout == "", args
-        assert done.stderr == f"error: cannot reach the server at {url}: connection refused (is it running? " \
-                              "--server or $OPENSEEK_NANOCHAT_SERVER names it)\n"
+        assert (
+            done.stderr == f"error: cannot reach the server at {url}: connection refused (is it running? "
+            "--server or $OPENSEEK_NANOCHAT_SERVER names it)\n"
+        )
 
 
 def test_follow_rides_out_a_server_restart_mid_job(tmp_path):
@@ -256,8 +287,13 @@ def test_follow_rides_out_a_server_restart_mid_job(tmp_path):
         spec = write_spec(tmp_path / "long.json", long_spec(server, "restarted"))
         env = client_env(server, token=None)
         del env["OPENSEEK_NANOCHAT_SERVER"]  # --server says where, this time
-        following = subprocess.Popen(cli("jobs", "submit", "convert", spec, "--follow", "--server", server.base_url),
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        following = subprocess.Popen(
+            cli("jobs", "submit", "convert", spec, "--follow", "--server", server.base_url),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         job_id = submitted_id(following)
         running_with_shards(server, job_id, 2)
 

@@ -46,8 +46,8 @@ def test_each_batch_records_where_it_starts(data_dir, codec):
     done = 0
     for batch in batches:
         byte = batch.cursor["byte"]
-        assert byte == 0 or raw[byte - 1:byte] == b"\n"
-        assert json.loads(raw[byte:raw.index(b"\n", byte)])["id"] == batch.cursor["row"] == done
+        assert byte == 0 or raw[byte - 1 : byte] == b"\n"
+        assert json.loads(raw[byte : raw.index(b"\n", byte)])["id"] == batch.cursor["row"] == done
         assert texts(source(path).read(batch.cursor)) == TEXTS[done:]
         done += len(batch.texts)
 
@@ -61,10 +61,10 @@ def test_a_resume_reads_nothing_before_the_cursor(data_dir):
     batches = list(source(path).read())
     cursor = batches[len(batches) // 2].cursor
     head = raw.rindex(b"\n", 0, files.PEEK_BYTES) + 1
-    path.write_bytes(raw[:head] + b"#" * (cursor["byte"] - head - 1) + b"\n" + raw[cursor["byte"]:])
-    assert texts(source(path).read(cursor)) == TEXTS[cursor["row"]:]
+    path.write_bytes(raw[:head] + b"#" * (cursor["byte"] - head - 1) + b"\n" + raw[cursor["byte"] :])
+    assert texts(source(path).read(cursor)) == TEXTS[cursor["row"] :]
     # An older cursor, without "byte", counts its way there again: through the garbage, to the wrong rows.
-    assert texts(source(path).read({"file": 0, "row": cursor["row"]})) != TEXTS[cursor["row"]:]
+    assert texts(source(path).read({"file": 0, "row": cursor["row"]})) != TEXTS[cursor["row"] :]
 
 
 def test_a_file_cut_short_before_the_cursor_is_named(data_dir):
@@ -86,6 +86,7 @@ def crash_after(shards: int):
     def on_progress(p):
         if p["shards"] >= shards:
             raise Crash()
+
     return on_progress
 
 

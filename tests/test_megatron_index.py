@@ -6,8 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from openseek_nanochat.errors import InputError
 from openseek_nanochat.convert.sources.megatron_index import HEADER, MegatronIndex, write_megatron
+from openseek_nanochat.errors import InputError
 
 BEGIN, END = 151849, 151850  # <|extra_203|>, <|extra_204|>: how OpenSeek wraps each document
 
@@ -90,14 +90,17 @@ def error(prefix) -> str:
 
 def test_legacy_index_format(part):
     rewrite(part.with_suffix(".idx"), 0, "9s", b"TNTIDX\x00\x00")
-    assert error(part) == (f"{part}.idx: legacy Megatron index format (TNTIDX); only megatron-core's MMIDIDX format "
-                           "is supported: preprocess the data again with megatron-core")
+    assert error(part) == (
+        f"{part}.idx: legacy Megatron index format (TNTIDX); only megatron-core's MMIDIDX format "
+        "is supported: preprocess the data again with megatron-core"
+    )
 
 
 def test_wrong_magic(part):
     rewrite(part.with_suffix(".idx"), 0, "9s", b"PK\x03\x04zip!!")
-    assert error(part) == (f"{part}.idx: not a Megatron index: the file starts with b'PK\\x03\\x04zip!!', "
-                           "expected b'MMIDIDX\\x00\\x00'")
+    assert error(part) == (
+        f"{part}.idx: not a Megatron index: the file starts with b'PK\\x03\\x04zip!!', expected b'MMIDIDX\\x00\\x00'"
+    )
 
 
 def test_wrong_version(part):
@@ -107,8 +110,10 @@ def test_wrong_version(part):
 
 def test_unknown_dtype(part):
     rewrite(part.with_suffix(".idx"), 17, "<B", 9)
-    assert error(part) == (f"{part}.idx: unknown dtype code 9 (known: 1 uint8, 2 int8, 3 int16, 4 int32, 5 int64, "
-                           "6 float64, 7 float32, 8 uint16)")
+    assert error(part) == (
+        f"{part}.idx: unknown dtype code 9 (known: 1 uint8, 2 int8, 3 int16, 4 int32, 5 int64, "
+        "6 float64, 7 float32, 8 uint16)"
+    )
 
 
 def test_truncated_header(part):
@@ -120,28 +125,34 @@ def test_truncated_header(part):
 def test_truncated_index_arrays(part):
     idx = part.with_suffix(".idx")
     idx.write_bytes(idx.read_bytes()[:-8])
-    assert error(part) == (f"{idx}: truncated .idx: the header announces 4 sequences and 4 document index entries "
-                           "(114 bytes), the file has 106 bytes")
+    assert error(part) == (
+        f"{idx}: truncated .idx: the header announces 4 sequences and 4 document index entries "
+        "(114 bytes), the file has 106 bytes"
+    )
 
 
 def test_index_longer_than_its_header_says(part):
     idx = part.with_suffix(".idx")
     idx.write_bytes(idx.read_bytes() + b"\x00" * 4)  # e.g. the per-sequence modes of a multimodal index
-    assert error(part) == (f"{idx}: inconsistent .idx: the header announces 4 sequences and 4 document index "
-                           "entries (114 bytes), the file has 4 bytes more")
+    assert error(part) == (
+        f"{idx}: inconsistent .idx: the header announces 4 sequences and 4 document index "
+        "entries (114 bytes), the file has 4 bytes more"
+    )
 
 
 def test_empty_document_index(tmp_path):
     (tmp_path / "p.bin").write_bytes(b"")
     (tmp_path / "p.idx").write_bytes(HEADER.pack(b"MMIDIDX\x00\x00", 1, 4, 0, 0))
-    assert error(tmp_path / "p") == (f"{tmp_path}/p.idx: inconsistent .idx: the document index is empty; "
-                                     "it must at least hold 0")
+    assert error(tmp_path / "p") == (
+        f"{tmp_path}/p.idx: inconsistent .idx: the document index is empty; it must at least hold 0"
+    )
 
 
 def test_document_index_must_cover_all_sequences(part):
     rewrite(part.with_suffix(".idx"), HEADER.size + 12 * 4 + 8 * 3, "<q", 3)
-    assert error(part) == (f"{part}.idx: inconsistent .idx: the document index runs from 0 to 3, "
-                           "expected 0 to 4 (the sequence count)")
+    assert error(part) == (
+        f"{part}.idx: inconsistent .idx: the document index runs from 0 to 3, expected 0 to 4 (the sequence count)"
+    )
 
 
 def test_document_index_must_not_decrease(part):

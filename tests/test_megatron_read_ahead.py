@@ -32,7 +32,7 @@ def parts(shared_data, data_dir) -> tuple[list, list[list[str]]]:
     lines = (shared_data / "tinyshakespeare.txt").read_text().splitlines()
     data_path, texts = [], []
     for k in range(PARTS):
-        docs = [f"{k}/{i} " + " ".join(lines[(k * 40 + i) * 3: (k * 40 + i) * 3 + 3]) for i in range(40)]
+        docs = [f"{k}/{i} " + " ".join(lines[(k * 40 + i) * 3 : (k * 40 + i) * 3 + 3]) for i in range(40)]
         write_megatron(data_dir / f"p{k}", [[[BEGIN, *qwen.encode(t), END]] for t in docs])
         data_path += [1.0, str(data_dir / f"p{k}")]
         texts.append(docs)
@@ -91,9 +91,18 @@ def test_a_consumer_that_stops_early_gives_the_budget_back(shared_data, parts, m
 def test_the_output_does_not_depend_on_the_cores(shared_data, parts, datasets, monkeypatch, threads):
     """The batch size follows the spec, never DECODE_THREADS (min(4, cores)): the same shards on any machine."""
     data_path, _ = parts
-    spec = {"sources": [{"type": "megatron", "data_path": data_path,
-                         "tokenizer": {"type": "qwen", "path": str(shared_data / "qwen.tiktoken")}}],
-            "max_chars": 150_000, "shuffle_buffer": 500, "chars_per_shard": 20_000}
+    spec = {
+        "sources": [
+            {
+                "type": "megatron",
+                "data_path": data_path,
+                "tokenizer": {"type": "qwen", "path": str(shared_data / "qwen.tiktoken")},
+            }
+        ],
+        "max_chars": 150_000,
+        "shuffle_buffer": 500,
+        "chars_per_shard": 20_000,
+    }
     monkeypatch.setattr(megatron, "MIN_BATCH_TOKENS", 50)
     monkeypatch.setattr(megatron, "READ_AHEAD_TOKENS", 6_000)
     run_spec({**spec, "name": "two"})

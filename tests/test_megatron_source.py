@@ -9,12 +9,13 @@ import pyarrow as pa
 import pytest
 
 import openseek_nanochat.convert.sources.megatron as megatron
-from openseek_nanochat.errors import InputError
-from openseek_nanochat.convert.sources.megatron_index import MegatronIndex, write_megatron
-from openseek_nanochat.settings import get_settings
 from openseek_nanochat.convert.sources import build_sources
 from openseek_nanochat.convert.sources.megatron import build_megatron_sources
+from openseek_nanochat.convert.sources.megatron_index import MegatronIndex, write_megatron
 from openseek_nanochat.convert.spec import ConvertSpec, MegatronSource
+from openseek_nanochat.errors import InputError
+from openseek_nanochat.settings import get_settings
+
 from convertutil import read_docs, run_spec
 from test_detok import SAMPLE, train_tokenizer
 
@@ -42,17 +43,28 @@ def test_openseek_parts_come_back_exactly(shared_data, data_dir):
     batches = list(source.read())
     assert [b.cursor for b in batches] == [{"part": 0, "doc": 0}, {"part": 1, "doc": 0}, {"part": 2, "doc": 0}]
     assert all(b.texts.type == pa.string() for b in batches)
-    assert [text for b in batches for text in b.texts.to_pylist()] == [t for p in PARTS for t in expected(shared_data, p)]
+    assert [text for b in batches for text in b.texts.to_pylist()] == [
+        t for p in PARTS for t in expected(shared_data, p)
+    ]
     assert sum(b.stats["decode_replacements"] for b in batches) == 0
     assert sum(b.stats["tokens"] for b in batches) == sum(
-        MegatronIndex(shared_data / "megatron" / f"{p}_text_document").bin_size // 4 for p in PARTS)
+        MegatronIndex(shared_data / "megatron" / f"{p}_text_document").bin_size // 4 for p in PARTS
+    )
     assert [round(b.progress, 3) for b in batches] == [round(600 / 1702, 3), round(1100 / 1702, 3), 1.0]
 
 
 def test_data_path_makes_one_weighted_source_per_entry(shared_data, data_dir):
     prefixes = [str(shared_data / "megatron" / f"{p}_text_document") for p in PARTS]
-    spec = ConvertSpec(sources=[{"type": "megatron", "weight": 2.0, "tokenizer": {"type": "qwen", "path": str(
-        shared_data / "qwen.tiktoken")}, "data_path": [3, prefixes[0], "1", prefixes[1], 1.0, prefixes[2]]}])
+    spec = ConvertSpec(
+        sources=[
+            {
+                "type": "megatron",
+                "weight": 2.0,
+                "tokenizer": {"type": "qwen", "path": str(shared_data / "qwen.tiktoken")},
+                "data_path": [3, prefixes[0], "1", prefixes[1], 1.0, prefixes[2]],
+            }
+        ]
+    )
     built = build_sources(spec, get_settings())
     assert [(s.name, s.weight) for s in built] == [(prefixes[0], 1.2), (prefixes[1], 0.4), (prefixes[2], 0.4)]
     assert built[0].detokenizer is built[2].detokenizer  # the vocabulary is loaded once
@@ -114,8 +126,11 @@ def test_uint16_part_with_an_hf_tokenizer(shared_data, data_dir, tmp_path):
     originals = SAMPLE + corpus[:5000].split("\n\n")
     write_megatron(tmp_path / "hf_text_document", [[tokenizer.encode(t).ids + [eos]] for t in originals], np.uint16)
     assert MegatronIndex(tmp_path / "hf_text_document").dtype == np.uint16
-    [source] = sources(shared_data, tokenizer={"type": "hf", "path": str(tmp_path / "tokenizer.json")},
-                       prefixes=[str(tmp_path / "hf_text_document")])
+    [source] = sources(
+        shared_data,
+        tokenizer={"type": "hf", "path": str(tmp_path / "tokenizer.json")},
+        prefixes=[str(tmp_path / "hf_text_document")],
+    )
     assert texts(source) == originals
 
 
@@ -141,8 +156,10 @@ def test_token_outside_the_vocabulary(shared_data, data_dir, tmp_path):
     source.check()  # the header is fine; the ids are only seen when read
     with pytest.raises(InputError) as e:
         texts(source)
-    assert str(e.value) == (f"{tmp_path}/p.bin: document 1: token id 151851 is outside the tokenizer's vocabulary "
-                            "(0..151850); was this part made with another tokenizer?")
+    assert str(e.value) == (
+        f"{tmp_path}/p.bin: document 1: token id 151851 is outside the tokenizer's vocabulary "
+        "(0..151850); was this part made with another tokenizer?"
+    )
 
 
 def test_check_validates_every_index(shared_data, data_dir, tmp_path):
@@ -163,14 +180,21 @@ def test_fingerprint_lists_both_files_of_every_part_and_the_vocabulary(shared_da
     paths = [entry["path"] for entry in source.fingerprint()]
     folder = shared_data / "megatron"
     assert paths == [str(folder / f"{p}_text_document.{ext}") for p in PARTS for ext in ("idx", "bin")] + [
-        str(shared_data / "qwen.tiktoken")]
+        str(shared_data / "qwen.tiktoken")
+    ]
     assert source.fingerprint()[1]["size"] == (folder / "cmath_text_document.bin").stat().st_size
 
 
 def test_conversion_holds_every_openseek_document_once(shared_data, datasets):
     tokenizer = {"type": "qwen", "path": str(shared_data / "qwen.tiktoken")}
-    manifest = run_spec({"sources": [{"type": "megatron", "prefixes": [str(shared_data / "megatron" / "*")],
-                                      "tokenizer": tokenizer}], "output_dir": str(datasets / "all")})
+    manifest = run_spec(
+        {
+            "sources": [
+                {"type": "megatron", "prefixes": [str(shared_data / "megatron" / "*")], "tokenizer": tokenizer}
+            ],
+            "output_dir": str(datasets / "all"),
+        }
+    )
     everything = [t for p in PARTS for t in expected(shared_data, p)]
     assert collections.Counter(read_docs(datasets / "all")) == collections.Counter(everything)
     assert manifest["sources"][0]["stats"]["decode_replacements"] == 0
@@ -180,16 +204,34 @@ def test_data_path_mixture_under_a_character_budget(shared_data, datasets):
     """OpenSeek's blend: 3:1:1 over parts of 1.1M, 364K and 27K characters, with a budget the small ones can't fill."""
     sizes = {p: sum(map(len, expected(shared_data, p))) for p in PARTS}
     budget = 2_000_000
-    data_path = [3, str(shared_data / "megatron" / "shakespeare_text_document"),
-                 1, str(shared_data / "megatron" / "math500_text_document"),
-                 1, str(shared_data / "megatron" / "cmath_text_document")]
-    manifest = run_spec({"sources": [{"type": "megatron", "data_path": data_path, "tokenizer": {
-        "type": "qwen", "path": str(shared_data / "qwen.tiktoken")}}], "output_dir": str(datasets / "mix"),
-        "max_chars": budget, "chars_per_shard": 400_000, "val_docs": 50})
+    data_path = [
+        3,
+        str(shared_data / "megatron" / "shakespeare_text_document"),
+        1,
+        str(shared_data / "megatron" / "math500_text_document"),
+        1,
+        str(shared_data / "megatron" / "cmath_text_document"),
+    ]
+    manifest = run_spec(
+        {
+            "sources": [
+                {
+                    "type": "megatron",
+                    "data_path": data_path,
+                    "tokenizer": {"type": "qwen", "path": str(shared_data / "qwen.tiktoken")},
+                }
+            ],
+            "output_dir": str(datasets / "mix"),
+            "max_chars": budget,
+            "chars_per_shard": 400_000,
+            "val_docs": 50,
+        }
+    )
     summaries = manifest["sources"]
     assert [s["share_chars"] for s in summaries] == pytest.approx([0.6, 0.2, 0.2], abs=0.02)
     # A part read k times over holds between k-1 and k of its own size in the output.
-    assert [s["epochs"] for s in summaries] == [-(-s["chars"] // sizes[p]) for s, p in
-                                                 zip(summaries, ["shakespeare", "math500", "cmath"])]
+    assert [s["epochs"] for s in summaries] == [
+        -(-s["chars"] // sizes[p]) for s, p in zip(summaries, ["shakespeare", "math500", "cmath"])
+    ]
     assert [s["epochs"] for s in summaries] == [2, 2, 15]
     assert budget <= manifest["totals"]["chars"] < budget + 10_000

@@ -48,8 +48,15 @@ def test_gpt2_bpe_with_vocab_and_merges(shared_data, data_dir):
     eod = gpt2.token_to_id("<|endoftext|>")
     assert eod == 50256
     prefix = write_part(data_dir / "gpt2_text_document", [[*gpt2.encode(t).ids, eod] for t in TEXTS], dtype=np.uint16)
-    texts, detokenizer = read_back(prefix, {"tokenizer_type": "GPT2BPETokenizer", "vocab_file": str(vocab),
-                                            "merge_file": str(merges), "vocab_size": 50257})
+    texts, detokenizer = read_back(
+        prefix,
+        {
+            "tokenizer_type": "GPT2BPETokenizer",
+            "vocab_file": str(vocab),
+            "merge_file": str(merges),
+            "vocab_size": 50257,
+        },
+    )
     assert texts == TEXTS
     assert type(detokenizer) is ByteTableDetokenizer
 
@@ -77,9 +84,16 @@ def sentencepiece_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("spm")
     lines = (SHARED_DATA / "tinyshakespeare.txt").read_text()[:200_000].splitlines()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter([line for line in lines if line] + TEXTS[:2]), model_prefix=str(folder / "sp"),
-        model_type="bpe", vocab_size=800, byte_fallback=True, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, character_coverage=1.0, minloglevel=2)
+        sentence_iterator=iter([line for line in lines if line] + TEXTS[:2]),
+        model_prefix=str(folder / "sp"),
+        model_type="bpe",
+        vocab_size=800,
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
     return folder / "sp.model"
 
 
@@ -99,8 +113,15 @@ def test_qwen_tokenizer_fs_names_the_folder(shared_data, data_dir):
     """As OpenSeek's configs write it: tokenizer_type QwenTokenizerFS, tokenizer_path the folder of qwen.tiktoken."""
     _, qwen = qwen_reference(shared_data / "qwen.tiktoken")
     prefix = write_part(data_dir / "qwen_text_document", [[BEGIN, *qwen.encode(t), END] for t in TEXTS])
-    texts, detokenizer = read_back(prefix, {"tokenizer_type": "QwenTokenizerFS", "tokenizer_path": str(shared_data),
-                                            "vocab_size": 151851, "make_vocab_size_divisible_by": 64})
+    texts, detokenizer = read_back(
+        prefix,
+        {
+            "tokenizer_type": "QwenTokenizerFS",
+            "tokenizer_path": str(shared_data),
+            "vocab_size": 151851,
+            "make_vocab_size_divisible_by": 64,
+        },
+    )
     assert texts == TEXTS
     assert type(detokenizer) is ByteTableDetokenizer
 
@@ -112,13 +133,13 @@ def test_any_tiktoken_ranks_file_with_specials_past_it(shared_data, data_dir, tm
     trainer.train_from_iterator(iter(corpus.splitlines()), 700, pattern=QWEN_PATTERN)
     ranks = dict(trainer.get_mergeable_ranks())
     path = tmp_path / "tokenizer.model"
-    path.write_text("".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in sorted(ranks.items(),
-                                                                                      key=lambda p: p[1])))
+    path.write_text(
+        "".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in sorted(ranks.items(), key=lambda p: p[1]))
+    )
     n = len(ranks)
     begin, end, far = n, n + 1, n + 250  # <|begin_of_text|>, <|end_of_text|>, a reserved special far past the file
     encoding = tiktoken.Encoding("small", pat_str=QWEN_PATTERN, mergeable_ranks=ranks, special_tokens={})
-    prefix = write_part(data_dir / "tiktoken_text_document",
-                        [[begin, *encoding.encode(t), far, end] for t in TEXTS])
+    prefix = write_part(data_dir / "tiktoken_text_document", [[begin, *encoding.encode(t), far, end] for t in TEXTS])
     texts, detokenizer = read_back(prefix, {"type": "tiktoken", "path": str(path)})
     assert texts == TEXTS
     assert isinstance(detokenizer, PastEndDetokenizer)
@@ -130,26 +151,47 @@ def server(tmp_path_factory):
         yield server
 
 
-@pytest.mark.parametrize(("tokenizer", "message"), [
-    ({"tokenizer_type": "GPT2BPETokenizer", "vocab_file": "/x/vocab.json"},
-     "Value error, tokenizer_type GPT2BPETokenizer needs merge_file"),
-    ({"tokenizer_type": "QwenTokenizerFS", "tokenizer_model": "/x/tokenizer.model", "tokenizer_path": "/x"},
-     "Value error, tokenizer_type QwenTokenizerFS takes no tokenizer_model"),
-    ({"vocab_file": "/x/vocab.json"},
-     "a tokenizer is {'type': 'qwen' | 'hf' | 'tiktoken', 'path': ...} or Megatron's arguments "
-     "{'tokenizer_type': ..., ...}"),
-])
+@pytest.mark.parametrize(
+    ("tokenizer", "message"),
+    [
+        (
+            {"tokenizer_type": "GPT2BPETokenizer", "vocab_file": "/x/vocab.json"},
+            "Value error, tokenizer_type GPT2BPETokenizer needs merge_file",
+        ),
+        (
+            {"tokenizer_type": "QwenTokenizerFS", "tokenizer_model": "/x/tokenizer.model", "tokenizer_path": "/x"},
+            "Value error, tokenizer_type QwenTokenizerFS takes no tokenizer_model",
+        ),
+        (
+            {"vocab_file": "/x/vocab.json"},
+            "a tokenizer is {'type': 'qwen' | 'hf' | 'tiktoken', 'path': ...} or Megatron's arguments "
+            "{'tokenizer_type': ..., ...}",
+        ),
+    ],
+)
 def test_bad_tokenizer_arguments_are_a_422(server, tokenizer, message):
-    response = server.client.post("/jobs/convert", json={"name": "t", "sources": [
-        {"type": "megatron", "prefixes": ["/x/part"], "tokenizer": tokenizer}]})
+    response = server.client.post(
+        "/jobs/convert",
+        json={"name": "t", "sources": [{"type": "megatron", "prefixes": ["/x/part"], "tokenizer": tokenizer}]},
+    )
     assert response.status_code == 422, response.text
     assert message in [error["msg"] for error in response.json()["detail"]]
 
 
 def test_a_missing_sentencepiece_model_is_named(server):
     model = str(server.data_dir.parent / "missing.model")
-    response = server.client.post("/jobs/convert", json={"name": "t", "sources": [
-        {"type": "megatron", "prefixes": ["/x/part"], "tokenizer": {"tokenizer_type": "Llama2Tokenizer",
-                                                                   "tokenizer_model": model}}]})
+    response = server.client.post(
+        "/jobs/convert",
+        json={
+            "name": "t",
+            "sources": [
+                {
+                    "type": "megatron",
+                    "prefixes": ["/x/part"],
+                    "tokenizer": {"tokenizer_type": "Llama2Tokenizer", "tokenizer_model": model},
+                }
+            ],
+        },
+    )
     assert response.status_code == 422, response.text
     assert [error["msg"] for error in response.json()["detail"]] == [f"{model}: no such tokenizer file"]

@@ -48,14 +48,25 @@ def flag_values(args: list[str]) -> dict[str, str]:
 
 # --- the command -----------------------------------------------------------------------------------------------------
 
+
 def test_spec_fields_become_base_train_flags():
-    spec = nanochat_spec(depth=12, max_seq_len=1024, device_batch_size=16, nproc_per_node=1, total_batch_size=65536,
-                         matrix_lr=0.03, weight_decay=0.1, eval_every=100, eval_tokens=1 << 20, save_every=50,
-                         device="cuda")
+    spec = nanochat_spec(
+        depth=12,
+        max_seq_len=1024,
+        device_batch_size=16,
+        nproc_per_node=1,
+        total_batch_size=65536,
+        matrix_lr=0.03,
+        weight_decay=0.1,
+        eval_every=100,
+        eval_tokens=1 << 20,
+        save_every=50,
+        device="cuda",
+    )
     command = torchrun_command(spec)
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert command[3:8] == ["--standalone", "--nproc_per_node=1", "-m", "scripts.base_train", "--"]
-    flags = flag_values(command[command.index("--") + 1:])
+    flags = flag_values(command[command.index("--") + 1 :])
     assert flags["--depth"] == "12" and flags["--max-seq-len"] == "1024" and flags["--device-batch-size"] == "16"
     assert flags["--total-batch-size"] == "65536" and flags["--num-iterations"] == "10"
     assert float(flags["--matrix-lr"]) == 0.03 and float(flags["--weight-decay"]) == 0.1
@@ -201,8 +212,14 @@ def test_parser_does_not_redo_the_resumed_step():
 
 def test_parser_ignores_everything_else():
     parser = OutputParser(matrix_lr=0.02)
-    for line in ["", "step 1 of the plan", "Step 00003 | CORE metric: 0.1234", "The capital of France is Paris",
-                 "step 00001/00004 (25.00%) | loss: ??? | lrm: 1.00", "step 00001/00004 (25.00%) | only: this"]:
+    for line in [
+        "",
+        "step 1 of the plan",
+        "Step 00003 | CORE metric: 0.1234",
+        "The capital of France is Paris",
+        "step 00001/00004 (25.00%) | loss: ??? | lrm: 1.00",
+        "step 00001/00004 (25.00%) | only: this",
+    ]:
         assert parser.feed(line) is None
     assert parser.close() == []
 
@@ -214,17 +231,21 @@ def test_a_diverged_loss_is_recorded_as_no_value():
     json.dumps(records, allow_nan=False)
 
 
-@pytest.mark.parametrize("line, reason", [
-    ("AssertionError: Invalid window_pattern: Q. Use only S and L.", True),
-    ("torch.OutOfMemoryError: CUDA out of memory.", True),
-    ("base_train.py: error: argument --fp8-recipe: invalid choice: 'x'", True),
-    ("WARNING: Training will be less efficient without FA3", False),
-])
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ("AssertionError: Invalid window_pattern: Q. Use only S and L.", True),
+        ("torch.OutOfMemoryError: CUDA out of memory.", True),
+        ("base_train.py: error: argument --fp8-recipe: invalid choice: 'x'", True),
+        ("WARNING: Training will be less efficient without FA3", False),
+    ],
+)
 def test_failure_lines(line, reason):
     assert bool(FAILURE_LINE.fullmatch(line)) is reason
 
 
 # --- the run dir -----------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
@@ -322,10 +343,14 @@ def test_resume_picks_the_last_whole_checkpoint(tmp_path):
 
 # --- preflight -------------------------------------------------------------------------------------------------------
 
+
 def fake_checkout(root: Path, imports: str = "import pyarrow\n", drop_flags: tuple = ()) -> Path:
     """Just enough of a nanochat checkout for the preflight: base_train's imports and flags."""
-    flags = [f for f in (*SPEC_FLAGS, "--resume-from-step", "--core-metric-every", "--window-pattern", "--fp8")
-             if f not in drop_flags]
+    flags = [
+        f
+        for f in (*SPEC_FLAGS, "--resume-from-step", "--core-metric-every", "--window-pattern", "--fp8")
+        if f not in drop_flags
+    ]
     (root / "scripts").mkdir(parents=True)
     (root / "nanochat").mkdir()
     (root / "nanochat" / "__init__.py").write_text("")
@@ -384,13 +409,16 @@ def test_needed_modules_follow_the_checkouts_own_imports(tmp_path):
     assert preflight.third_party_imports(checkout, [BASE_TRAIN]) == ["pyarrow", "tiktoken", "yaml"]
 
 
-@pytest.mark.parametrize("extra_args, message", [
-    (["--depth=4"], "set depth instead"),
-    (["--run", "x"], "set run instead"),
-    (["--resume-from-step=3"], "resumes from its own"),
-    (["--no-such-flag=1"], "not a flag"),
-    (["--window"], "not a flag"),  # argparse would take the abbreviation; we ask for the full name
-])
+@pytest.mark.parametrize(
+    "extra_args, message",
+    [
+        (["--depth=4"], "set depth instead"),
+        (["--run", "x"], "set run instead"),
+        (["--resume-from-step=3"], "resumes from its own"),
+        (["--no-such-flag=1"], "not a flag"),
+        (["--window"], "not a flag"),  # argparse would take the abbreviation; we ask for the full name
+    ],
+)
 def test_extra_args_are_checked_against_base_train(tmp_path, extra_args, message):
     checkout = fake_checkout(tmp_path / "nanochat")
     error = preflight_error(nanochat_spec(extra_args=extra_args), settings_for(tmp_path, checkout))
@@ -409,11 +437,14 @@ def test_an_old_checkout_without_a_spec_flag_is_refused(tmp_path):
     assert "--head-dim" in error.message and "head_dim" in error.message
 
 
-@pytest.mark.parametrize("fields, where", [
-    ({"seed": 7}, "seed"),
-    ({"model_tag": "../outside"}, "model_tag"),
-    ({"nproc_per_node": 2, "device": "cpu"}, "nproc_per_node"),
-])
+@pytest.mark.parametrize(
+    "fields, where",
+    [
+        ({"seed": 7}, "seed"),
+        ({"model_tag": "../outside"}, "model_tag"),
+        ({"nproc_per_node": 2, "device": "cpu"}, "nproc_per_node"),
+    ],
+)
 def test_specs_nanochat_cannot_honour_are_refused(tmp_path, fields, where):
     checkout = fake_checkout(tmp_path / "nanochat")
     assert preflight_error(nanochat_spec(**fields), settings_for(tmp_path, checkout)).where == where
@@ -425,8 +456,14 @@ needs_nanochat = pytest.mark.skipif(not os.environ.get("NANOCHAT_DIR"), reason="
 
 # Tiny and quick on CPU: 2 layers of width 128, 64-token rows, 128 tokens a step.
 TINY = {
-    "backend": "nanochat", "depth": 2, "head_dim": 64, "max_seq_len": 64, "device_batch_size": 2,
-    "eval_tokens": 128, "device": "cpu", "extra_args": ["--sample-every=-1", "--window-pattern=L"],
+    "backend": "nanochat",
+    "depth": 2,
+    "head_dim": 64,
+    "max_seq_len": 64,
+    "device_batch_size": 2,
+    "eval_tokens": 128,
+    "device": "cpu",
+    "extra_args": ["--sample-every=-1", "--window-pattern=L"],
 }
 
 
@@ -436,20 +473,24 @@ def checkout():
     path = Path(os.environ["NANOCHAT_DIR"]).resolve()
 
     def status():
-        return subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=path, capture_output=True, text=True,
-                              check=True).stdout
+        return subprocess.run(
+            ["git", "status", "--porcelain", "--ignored"], cwd=path, capture_output=True, text=True, check=True
+        ).stdout
 
     before = status()
-    assert subprocess.run(["git", "status", "--porcelain"], cwd=path, capture_output=True, text=True).stdout == "", \
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=path, capture_output=True, text=True).stdout == "", (
         f"{path} has local changes"
+    )
     yield path
     assert status() == before, f"the job changed {path}"
 
 
 def service_settings(workdir: Path, nanochat_dir: Path) -> dict[str, str]:
     """The checkout in the server's settings; inputs from this test session's temp dirs (the shared shards too)."""
-    return {"OPENSEEK_NANOCHAT_NANOCHAT_DIR": str(nanochat_dir),
-            "OPENSEEK_NANOCHAT_INPUT_ROOTS": os.pathsep.join([str(workdir.parent), str(SHARED_DATA)])}
+    return {
+        "OPENSEEK_NANOCHAT_NANOCHAT_DIR": str(nanochat_dir),
+        "OPENSEEK_NANOCHAT_INPUT_ROOTS": os.pathsep.join([str(workdir.parent), str(SHARED_DATA)]),
+    }
 
 
 def train_cli(spec: dict, workdir: Path, nanochat_dir: Path) -> tuple[subprocess.CompletedProcess, list[dict]]:
@@ -459,8 +500,9 @@ def train_cli(spec: dict, workdir: Path, nanochat_dir: Path) -> tuple[subprocess
     spec_file = workdir / f"spec-{len(list(workdir.glob('spec-*')))}.json"
     spec_file.write_text(json.dumps(spec))
     env = service_env(workdir / "data", service_settings(workdir, nanochat_dir))
-    done = subprocess.run(cli("train", str(spec_file), "--events"), env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        cli("train", str(spec_file), "--events"), env=env, capture_output=True, text=True, timeout=600
+    )
     found = [e for e in map(parse_event, done.stdout.splitlines()) if e]
     return done, found
 
@@ -471,8 +513,14 @@ def of_type(found: list[dict], kind: str) -> list[dict]:
 
 @needs_nanochat
 def test_cli_job_trains_resumes_and_leaves_the_checkout_alone(checkout, shards, tmp_path):
-    spec = {**TINY, "dataset": str(shards), "tokenizer": {"vocab_size": 400, "max_chars": 100_000},
-            "num_iterations": 4, "eval_every": 2, "save_every": 2}
+    spec = {
+        **TINY,
+        "dataset": str(shards),
+        "tokenizer": {"vocab_size": 400, "max_chars": 100_000},
+        "num_iterations": 4,
+        "eval_every": 2,
+        "save_every": 2,
+    }
     done, found = train_cli(spec, tmp_path, checkout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     metrics = {m["step"]: m for m in of_type(found, "metric")}
@@ -500,8 +548,14 @@ def test_cli_job_trains_resumes_and_leaves_the_checkout_alone(checkout, shards, 
 def test_openseek_loader_gives_nanochats_first_loss(checkout, shards, tokenizer_dir, tmp_path):
     losses = {}
     for loader in ("nanochat", "openseek"):
-        spec = {**TINY, "dataset": str(shards), "tokenizer": {"path": str(tokenizer_dir)}, "num_iterations": 2,
-                "eval_every": -1, "loader": loader}
+        spec = {
+            **TINY,
+            "dataset": str(shards),
+            "tokenizer": {"path": str(tokenizer_dir)},
+            "num_iterations": 2,
+            "eval_every": -1,
+            "loader": loader,
+        }
         done, found = train_cli(spec, tmp_path, checkout)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert ("openseek loader: nanochat.dataloader." in done.stdout) == (loader == "openseek")
@@ -523,8 +577,13 @@ def test_nanochats_own_tokenizer_training(checkout, shards, tmp_path):
 def test_http_job(checkout, shards, tokenizer_dir, tmp_path):
     from serverutil import start_server, wait_for_state
 
-    spec = {**TINY, "dataset": str(shards), "tokenizer": {"path": str(tokenizer_dir)}, "num_iterations": 3,
-            "eval_every": -1}
+    spec = {
+        **TINY,
+        "dataset": str(shards),
+        "tokenizer": {"path": str(tokenizer_dir)},
+        "num_iterations": 3,
+        "eval_every": -1,
+    }
     with start_server(tmp_path / "data", workers=1, env=service_settings(tmp_path, checkout)) as server:
         response = server.client.post("/jobs/train", json=spec)
         assert response.status_code == 202, response.text

@@ -84,8 +84,16 @@ def test_the_cli_converts_what_the_config_trains_on_in_its_shares(tree, data_dir
     to the config), its 38 parts, each part's share of the characters its weight's, within 2% (parts over 1%)."""
     root, blend, texts = tree
     budget = TOTAL_CHARS // 2
-    argv = cli("convert", "--openseek-config", str(root / "configs" / TRAIN), "--dataset-base-dir",
-               str(root / "CCI4.0-M2-v1"), "--max-chars", str(budget), "--events")
+    argv = cli(
+        "convert",
+        "--openseek-config",
+        str(root / "configs" / TRAIN),
+        "--dataset-base-dir",
+        str(root / "CCI4.0-M2-v1"),
+        "--max-chars",
+        str(budget),
+        "--events",
+    )
     env = service_env(data_dir, {"OPENSEEK_NANOCHAT_INPUT_ROOTS": roots})
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -108,8 +116,16 @@ def test_every_document_once_with_the_experiment_config(tree, data_dir, datasets
     """No budget: every document of every part exactly once. The base dir comes from the Hydra experiment file
     (`../CCI4.0-M2-v1`, from that file's folder), the tokenizer from the training file."""
     root, _, texts = tree
-    spec = {"name": "all", "sources": [{"type": "megatron", "openseek_config": str(root / "configs" / TRAIN),
-                                        "experiment_config": str(root / "configs" / EXPERIMENT)}]}
+    spec = {
+        "name": "all",
+        "sources": [
+            {
+                "type": "megatron",
+                "openseek_config": str(root / "configs" / TRAIN),
+                "experiment_config": str(root / "configs" / EXPERIMENT),
+            }
+        ],
+    }
     run_spec(spec)
     docs = read_docs(datasets / "all")
     assert sorted(docs) == sorted(t for part in texts.values() for t in part)
@@ -122,8 +138,9 @@ def server(tmp_path_factory):
 
 
 def submit(server, **source) -> tuple[int, str | None]:
-    response = server.client.post("/jobs/convert", json={"name": "openseek", "sources": [{"type": "megatron",
-                                                                                          **source}]})
+    response = server.client.post(
+        "/jobs/convert", json={"name": "openseek", "sources": [{"type": "megatron", **source}]}
+    )
     if response.status_code != 422:
         return response.status_code, None
     [error] = response.json()["detail"]
@@ -139,15 +156,20 @@ def configs(server, tree):
 
 
 def test_the_config_with_its_parts_is_accepted(server, configs):
-    assert submit(server, openseek_config=str(configs / "configs" / TRAIN),
-                  dataset_base_dir=str(configs / "CCI4.0-M2-v1")) == (202, None)
+    assert submit(
+        server, openseek_config=str(configs / "configs" / TRAIN), dataset_base_dir=str(configs / "CCI4.0-M2-v1")
+    ) == (202, None)
 
 
 def test_an_unset_base_dir_is_named(server, configs):
     config = str(configs / "configs" / TRAIN)
-    assert submit(server, openseek_config=config) == (422, (
-        f"{config}: data.data_path[1]: ${{experiment.dataset_base_dir}} is not set "
-        "(give dataset_base_dir or experiment_config)"))
+    assert submit(server, openseek_config=config) == (
+        422,
+        (
+            f"{config}: data.data_path[1]: ${{experiment.dataset_base_dir}} is not set "
+            "(give dataset_base_dir or experiment_config)"
+        ),
+    )
 
 
 def test_an_unknown_variable_is_named(server, configs):
@@ -155,36 +177,55 @@ def test_an_unknown_variable_is_named(server, configs):
     text = config.read_text().replace(f"{BASE}zh_cc_text_document", "${experiment.exp_name}/zh_cc_text_document")
     config.write_text(text)
     at = yaml.safe_load(text)["data"]["data_path"].index("${experiment.exp_name}/zh_cc_text_document")
-    assert submit(server, openseek_config=str(config), dataset_base_dir=str(configs / "CCI4.0-M2-v1")) == (422, (
-        f"{config}: data.data_path[{at}]: ${{experiment.exp_name}} is not set (only ${{experiment.dataset_base_dir}} "
-        "and the experiment_config's experiment: values are known)"))
+    assert submit(server, openseek_config=str(config), dataset_base_dir=str(configs / "CCI4.0-M2-v1")) == (
+        422,
+        (
+            f"{config}: data.data_path[{at}]: ${{experiment.exp_name}} is not set "
+            "(only ${experiment.dataset_base_dir} and the experiment_config's experiment: values are known)"
+        ),
+    )
     # The experiment file knows exp_name: the prefix resolves, and only the part is missing.
-    status, message = submit(server, openseek_config=str(config),
-                             experiment_config=str(configs / "configs" / EXPERIMENT))
-    assert (status, message) == (422, (
-        f"{config}: 1 of the 38 parts its data_path names are missing (no .idx and .bin): "
-        f"{configs}/configs/OpenSeek-Small-v1/zh_cc_text_document"))
+    status, message = submit(
+        server, openseek_config=str(config), experiment_config=str(configs / "configs" / EXPERIMENT)
+    )
+    assert (status, message) == (
+        422,
+        (
+            f"{config}: 1 of the 38 parts its data_path names are missing (no .idx and .bin): "
+            f"{configs}/configs/OpenSeek-Small-v1/zh_cc_text_document"
+        ),
+    )
 
 
 def test_missing_parts_are_counted_and_the_first_named(server, configs):
     base = configs / "CCI4.0-M2-v1"
     parts = sorted(p.name for p in base.iterdir())
-    for name in ("Nemotron-CC-medium-actual-actual-mid_text_document", "code_text_document",
-                 "books_text_document", "wiki_text_document"):
+    for name in (
+        "Nemotron-CC-medium-actual-actual-mid_text_document",
+        "code_text_document",
+        "books_text_document",
+        "wiki_text_document",
+    ):
         (base / f"{name}.bin").unlink()
     (base / "math_text_document.idx").unlink()
     assert len(parts) == 76
     config = str(configs / "configs" / TRAIN)
-    assert submit(server, openseek_config=config, dataset_base_dir=str(base)) == (422, (
-        f"{config}: 5 of the 38 parts its data_path names are missing (no .idx and .bin): "
-        f"{base}/Nemotron-CC-medium-actual-actual-mid_text_document, {base}/code_text_document, "
-        f"{base}/math_text_document, ..."))
+    assert submit(server, openseek_config=config, dataset_base_dir=str(base)) == (
+        422,
+        (
+            f"{config}: 5 of the 38 parts its data_path names are missing (no .idx and .bin): "
+            f"{base}/Nemotron-CC-medium-actual-actual-mid_text_document, {base}/code_text_document, "
+            f"{base}/math_text_document, ..."
+        ),
+    )
 
 
 def test_a_config_without_a_data_section(server, configs):
     config = str(configs / "configs" / EXPERIMENT)  # the Hydra file: experiment settings, no data
-    assert submit(server, openseek_config=config, dataset_base_dir=str(configs)) == (422, (
-        f"{config}: has no data: section (the training config's data.data_path names the parts)"))
+    assert submit(server, openseek_config=config, dataset_base_dir=str(configs)) == (
+        422,
+        (f"{config}: has no data: section (the training config's data.data_path names the parts)"),
+    )
 
 
 def test_a_config_that_is_not_yaml(server, configs):

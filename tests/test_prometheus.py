@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from app.jobs.models import JobState
+
 from serverutil import SHARED_DATA, start_server, wait_for_state, wait_until
 from storedjobs import add_train_job
 
@@ -69,8 +70,16 @@ def test_metrics_count_jobs_workers_conversions_and_training(server):
     assert before["openseek_jobs"][labels(kind="convert", state="succeeded")] == 0
     assert before["openseek_convert_docs_total"][()] == 0
 
-    spec = {"sources": [{"type": "files", "paths": [str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")],
-                         "text_template": "{question}\n{answer}"}], "chars_per_shard": 100_000}
+    spec = {
+        "sources": [
+            {
+                "type": "files",
+                "paths": [str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")],
+                "text_template": "{question}\n{answer}",
+            }
+        ],
+        "chars_per_shard": 100_000,
+    }
     job = wait_for_state(client, client.post("/jobs/convert", json=spec).json()["id"], "succeeded")
     manifest = client.get(f"/jobs/{job['id']}/manifest").json()
     dataset = manifest["output_dir"]
@@ -101,10 +110,17 @@ def test_metrics_count_jobs_workers_conversions_and_training(server):
 
     # heartbeats move on while the worker idles
     first = metrics["openseek_worker_last_heartbeat_timestamp_seconds"][series]
-    wait_until(lambda: scrape(server)["openseek_worker_last_heartbeat_timestamp_seconds"][series] > first,
-               timeout=30, interval=0.5, what="a newer heartbeat")
+    wait_until(
+        lambda: scrape(server)["openseek_worker_last_heartbeat_timestamp_seconds"][series] > first,
+        timeout=30,
+        interval=0.5,
+        what="a newer heartbeat",
+    )
 
 
 def test_metrics_need_the_token(server):
     assert httpx.get(f"{server.base_url}/metrics", timeout=10).status_code == 401
-    assert httpx.get(f"{server.base_url}/metrics", headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
+    assert (
+        httpx.get(f"{server.base_url}/metrics", headers={"Authorization": "Bearer wrong"}, timeout=10).status_code
+        == 401
+    )

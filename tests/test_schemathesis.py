@@ -18,8 +18,11 @@ HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
 
 def test_no_server_errors(tmp_path):
     with start_server(tmp_path / "data", workers=0) as server:
-        spec = {"sources": [{"type": "files", "paths": [str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")],
-                             "text_column": "question"}]}
+        spec = {
+            "sources": [
+                {"type": "files", "paths": [str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")], "text_column": "question"}
+            ]
+        }
         # Real job ids, used for half the path parameters, so the checks get past "404 no such job".
         ids = [server.client.post("/jobs/convert", json=spec).json()["id"] for _ in range(3)]
         server.client.post(f"/jobs/{ids[0]}/cancel")
@@ -30,18 +33,32 @@ def test_no_server_errors(tmp_path):
         )
         result = subprocess.run(
             [
-                sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "--no-color",
-                "run", f"{server.base_url}/openapi.json",
-                "--checks", "not_a_server_error",
-                "--max-examples", "20",
-                "--seed", "20260101",
-                "--workers", "1",
+                sys.executable,
+                "-m",
+                "schemathesis.cli",
+                "--config-file",
+                str(config),
+                "--no-color",
+                "run",
+                f"{server.base_url}/openapi.json",
+                "--checks",
+                "not_a_server_error",
+                "--max-examples",
+                "20",
+                "--seed",
+                "20260101",
+                "--workers",
+                "1",
             ],
             capture_output=True,
             text=True,
             timeout=300,
-            env={**os.environ, "SCHEMATHESIS_HOOKS": str(HOOKS), "HOOKS_SERVER_ORIGIN": server.base_url,
-                 "HOOKS_REPORT": str(tmp_path / "sent.json")},
+            env={
+                **os.environ,
+                "SCHEMATHESIS_HOOKS": str(HOOKS),
+                "HOOKS_SERVER_ORIGIN": server.base_url,
+                "HOOKS_REPORT": str(tmp_path / "sent.json"),
+            },
         )
         assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
         assert " passed" in result.stdout and "failed" not in result.stdout.split("SUMMARY")[-1]

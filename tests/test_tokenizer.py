@@ -57,7 +57,10 @@ def test_loader_helpers(trained, monkeypatch):
     assert bos == 991 and t.get_vocab_size() == 1000
     ids = t.encode(SAMPLE, prepend="<|bos|>", append=bos)
     assert ids[0] == ids[-1] == bos and t.decode(ids[1:-1]) == SAMPLE
-    assert t.encode([SAMPLE, "ab"], prepend=bos, num_threads=2) == [t.encode(SAMPLE, prepend=bos), t.encode("ab", prepend=bos)]
+    assert t.encode([SAMPLE, "ab"], prepend=bos, num_threads=2) == [
+        t.encode(SAMPLE, prepend=bos),
+        t.encode("ab", prepend=bos),
+    ]
     monkeypatch.setenv("NANOCHAT_BASE_DIR", str(out.parent))
     (out.parent / "tokenizer").mkdir(exist_ok=True)
     tok.save(t.enc, out.parent / "tokenizer")
@@ -68,7 +71,8 @@ def test_loader_helpers(trained, monkeypatch):
 def test_split_pattern_is_nanochats():
     # numbers split into runs of at most two digits, unlike GPT-4's three
     assert tok.SPLIT_PATTERN == (
-        r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+        r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|"""
+        r"""\s*[\r\n]|\s+(?!\S)|\s+"""
     )
 
 
@@ -82,12 +86,24 @@ def test_text_stream_crops_documents_and_stops_after_max_chars(shards):
 
 
 def test_a_vocab_the_text_cannot_fill_fails_clearly(shards, tmp_path):
-    with pytest.raises(tok.VocabTooSmallError, match=r"supports a vocabulary of only [\d,]+ tokens, not the requested 50,000"):
+    with pytest.raises(
+        tok.VocabTooSmallError, match=r"supports a vocabulary of only [\d,]+ tokens, not the requested 50,000"
+    ):
         tok.train_from_shards(shards, tmp_path / "t", vocab_size=50_000, max_chars=20_000)
     assert not tok.is_complete(tmp_path / "t")
-    cli = subprocess.run([sys.executable, "-m", "openseek_nanochat.train.tokenizer", f"--data-dir={shards}",
-                          f"--out-dir={tmp_path / 't'}", "--vocab-size=50000", "--max-chars=20000"],
-                         capture_output=True, text=True)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "openseek_nanochat.train.tokenizer",
+            f"--data-dir={shards}",
+            f"--out-dir={tmp_path / 't'}",
+            "--vocab-size=50000",
+            "--max-chars=20000",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert cli.returncode == 2 and "error: the training text supports a vocabulary of only" in cli.stderr
     with pytest.raises(ValueError, match="at least 265"):
         tok.train_encoding(iter(["abc"]), 200)

@@ -73,7 +73,9 @@ def test_muon_moves_every_matrix_and_resumes_from_its_state():
     assert not torch.equal(before, w)
     again = Muon([torch.nn.Parameter(w.detach().clone())], lr=0.1)
     again.load_state_dict(opt.state_dict())
-    assert torch.equal(again.state[again.param_groups[0]["params"][0]]["momentum_buffer"], opt.state[w]["momentum_buffer"])
+    assert torch.equal(
+        again.state[again.param_groups[0]["params"][0]]["momentum_buffer"], opt.state[w]["momentum_buffer"]
+    )
 
 
 def test_lr_schedule_warms_up_holds_and_decays():
@@ -85,9 +87,18 @@ def test_lr_schedule_warms_up_holds_and_decays():
 
 
 def test_a_checkpoint_counts_once_its_meta_and_every_rank_are_there(tmp_path):
-    for name in ["model_000004.pt", "optim_000004_rank0.pt", "optim_000004_rank1.pt", "meta_000004.json",
-                 "model_000008.pt", "optim_000008_rank0.pt", "meta_000008.json",  # rank 1 died before saving
-                 "model_000012.pt", "optim_000012_rank0.pt", "optim_000012_rank1.pt"]:  # no meta yet
+    for name in [
+        "model_000004.pt",
+        "optim_000004_rank0.pt",
+        "optim_000004_rank1.pt",
+        "meta_000004.json",
+        "model_000008.pt",
+        "optim_000008_rank0.pt",
+        "meta_000008.json",  # rank 1 died before saving
+        "model_000012.pt",
+        "optim_000012_rank0.pt",
+        "optim_000012_rank1.pt",
+    ]:  # no meta yet
         (tmp_path / name).write_text("x")
     assert train.last_complete_step(tmp_path, world_size=2) == 4
     assert train.last_complete_step(tmp_path, world_size=1) == 8
@@ -101,7 +112,15 @@ def test_metrics_log_drops_the_steps_a_resume_redoes(tmp_path):
     log.write(step=4, loss=0.5)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["step"] for r in lines] == [0, 1, 2, 3, 4]
-    assert lines[-1] == {"step": 4, "loss": 0.5, "lr": None, "dt_ms": None, "tok_per_sec": None, "mfu": None, "val_bpb": None}
+    assert lines[-1] == {
+        "step": 4,
+        "loss": 0.5,
+        "lr": None,
+        "dt_ms": None,
+        "tok_per_sec": None,
+        "mfu": None,
+        "val_bpb": None,
+    }
 
 
 # --- the spec and preflight ---
@@ -166,28 +185,47 @@ def test_prepare_resolves_datasets_and_refuses_bad_ones(shards, data_dir, tmp_pa
 def test_cli_reports_bad_input_as_an_error_event(data_dir, tmp_path):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"dataset": "missing", **SMALL}))
-    cli = subprocess.run([sys.executable, "-m", "openseek_nanochat.cli", "train", str(spec), "--events"],
-                         capture_output=True, text=True)
+    cli = subprocess.run(
+        [sys.executable, "-m", "openseek_nanochat.cli", "train", str(spec), "--events"], capture_output=True, text=True
+    )
     assert cli.returncode == 2
     [error] = [e for e in map(events.parse, cli.stdout.splitlines()) if e]
     assert error["type"] == "error" and error["where"] == "dataset" and "unknown dataset 'missing'" in error["message"]
     spec.write_text(json.dumps({"dataset": "missing", **SMALL, "total_batch_size": 100}))
-    cli = subprocess.run([sys.executable, "-m", "openseek_nanochat.cli", "train", str(spec)], capture_output=True, text=True)
+    cli = subprocess.run(
+        [sys.executable, "-m", "openseek_nanochat.cli", "train", str(spec)], capture_output=True, text=True
+    )
     assert cli.returncode == 2 and "total_batch_size 100 is not a multiple" in cli.stderr
 
 
 # --- a real job: tokenizer, then torchrun with 2 CPU ranks ---
 
-JOB = dict(tokenizer={"vocab_size": 1024, "max_chars": 600_000}, depth=2, head_dim=64, max_seq_len=128,
-           device_batch_size=4, num_iterations=16, eval_every=4, eval_tokens=2048, save_every=4, warmup_steps=2,
-           nproc_per_node=2, device="cpu")
+JOB = dict(
+    tokenizer={"vocab_size": 1024, "max_chars": 600_000},
+    depth=2,
+    head_dim=64,
+    max_seq_len=128,
+    device_batch_size=4,
+    num_iterations=16,
+    eval_every=4,
+    eval_tokens=2048,
+    save_every=4,
+    warmup_steps=2,
+    nproc_per_node=2,
+    device="cpu",
+)
 
 
 def start_job(spec: dict, path: Path, job_id: str, data_dir: Path) -> subprocess.Popen:
     path.write_text(json.dumps(spec))
     env = {**os.environ, "OPENSEEK_NANOCHAT_JOB_ID": job_id}
-    return subprocess.Popen([sys.executable, "-m", "openseek_nanochat.cli", "train", str(path), "--events"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "openseek_nanochat.cli", "train", str(path), "--events"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
 
 def finish(proc: subprocess.Popen) -> tuple[list[dict], str]:
@@ -251,8 +289,12 @@ def test_job_trains_on_two_ranks_and_resumes_exactly_after_a_kill(shards, data_d
 
 
 def test_nanochat_tokenizer_trainer_needs_the_nanochat_backend():
-    with pytest.raises(ValidationError, match="tokenizer.trainer 'nanochat' runs a nanochat checkout's tok_train: it "
-                                              "needs backend 'nanochat'"):
+    with pytest.raises(
+        ValidationError,
+        match="tokenizer.trainer 'nanochat' runs a nanochat checkout's tok_train: it needs backend 'nanochat'",
+    ):
         TrainSpec(dataset="d", num_iterations=1, tokenizer={"vocab_size": 512, "trainer": "nanochat"})
-    spec = TrainSpec(dataset="d", num_iterations=1, backend="nanochat", tokenizer={"vocab_size": 512, "trainer": "nanochat"})
+    spec = TrainSpec(
+        dataset="d", num_iterations=1, backend="nanochat", tokenizer={"vocab_size": 512, "trainer": "nanochat"}
+    )
     assert spec.tokenizer.trainer == "nanochat"

@@ -8,6 +8,8 @@ import signal
 
 import pytest
 
+from openseek_nanochat.procs import job_processes
+
 from serverutil import (
     SHARED_DATA,
     shakespeare_jsonl,
@@ -17,7 +19,6 @@ from serverutil import (
     wait_for_state,
     wait_until,
 )
-from openseek_nanochat.procs import job_processes
 
 LEASE_SECONDS = 3
 
@@ -32,8 +33,12 @@ def server(tmp_path_factory):
 def long_conversion(server) -> dict:
     """A conversion of ~330 small shards: several seconds of work."""
     corpus = shakespeare_jsonl(server.data_dir.parent / "shakespeare.jsonl", copies=6)
-    return {"sources": [{"type": "files", "paths": [str(corpus)]}], "chars_per_shard": 20_000, "row_group_size": 16,
-            "shuffle_buffer": 2000}
+    return {
+        "sources": [{"type": "files", "paths": [str(corpus)]}],
+        "chars_per_shard": 20_000,
+        "row_group_size": 16,
+        "shuffle_buffer": 2000,
+    }
 
 
 def log_text(server, job_id: str) -> str:
@@ -42,8 +47,17 @@ def log_text(server, job_id: str) -> str:
 
 def test_two_workers_run_twenty_jobs_each_exactly_once(server):
     client = server.client
-    spec = {"sources": [{"type": "files", "paths": [str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")],
-                         "text_template": "{question}\n{answer}"}], "max_docs": 100, "chars_per_shard": 10_000}
+    spec = {
+        "sources": [
+            {
+                "type": "files",
+                "paths": [str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")],
+                "text_template": "{question}\n{answer}",
+            }
+        ],
+        "max_docs": 100,
+        "chars_per_shard": 10_000,
+    }
     ids = [client.post("/jobs/convert", json=spec).json()["id"] for _ in range(20)]
     jobs = [wait_for_state(client, job_id, "succeeded", timeout=120) for job_id in ids]
     assert all(job["attempts"] == 1 for job in jobs)
@@ -58,8 +72,11 @@ def test_cancel_stops_every_process_of_a_running_job(server):
     client = server.client
     long_spec = long_conversion(server)
     job = client.post("/jobs/convert", json={**long_spec, "name": "cancelled"}).json()
-    wait_until(lambda: (client.get(f"/jobs/{job['id']}").json()["progress"] or {}).get("shards", 0) >= 2,
-               timeout=60, what="two shards written")
+    wait_until(
+        lambda: (client.get(f"/jobs/{job['id']}").json()["progress"] or {}).get("shards", 0) >= 2,
+        timeout=60,
+        what="two shards written",
+    )
     running = job_processes(job["id"])
     assert running and all(p.nice() >= 10 for p in running)  # running, below the API's CPU priority
     response = client.post(f"/jobs/{job['id']}/cancel")
@@ -68,8 +85,9 @@ def test_cancel_stops_every_process_of_a_running_job(server):
     assert job_processes(job["id"]) == []
     manifest = json.loads((server.data_dir / "datasets" / "cancelled" / "manifest.json").read_text())
     assert not manifest["complete"]  # it really was stopped half-way
-    assert re.search(rf"\[worker {job['worker_id']}\] cancelled: stopped [1-9]\d* processes of the job",
-                     log_text(server, job["id"]))
+    assert re.search(
+        rf"\[worker {job['worker_id']}\] cancelled: stopped [1-9]\d* processes of the job", log_text(server, job["id"])
+    )
 
 
 def test_killed_worker_job_is_finished_by_another_byte_identical(server):

@@ -8,12 +8,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from app.jobs import queue
-
-from app.jobs import store
+from app.jobs import queue, store
 from app.jobs.db import make_engine, writing
 from app.jobs.migrate import upgrade
 from app.jobs.models import Job, JobState, new_job_id, utcnow
+
 from serverutil import start_postgres
 
 

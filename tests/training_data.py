@@ -18,7 +18,7 @@ def shakespeare_docs(shared_data: Path, seed: int = 0) -> list[str]:
     docs, i = [], 0
     while i < len(speeches):
         n = rng.choice([1, 1, 2, 3, 5, 8, 12])
-        docs.append("\n\n".join(speeches[i:i + n]))
+        docs.append("\n\n".join(speeches[i : i + n]))
         i += n
     return docs
 
@@ -29,7 +29,7 @@ def write_shards(out_dir: Path, docs: list[str], num_shards: int, row_group_size
     out_dir.mkdir(parents=True, exist_ok=True)
     train, val = docs[:-val_docs], docs[-val_docs:]
     per_shard = -(-len(train) // (num_shards - 1))
-    parts = [train[i:i + per_shard] for i in range(0, len(train), per_shard)] + [val]
+    parts = [train[i : i + per_shard] for i in range(0, len(train), per_shard)] + [val]
     shards = []
     for i, part in enumerate(parts):
         table = pa.table({"text": pa.array(part, type=pa.string())})

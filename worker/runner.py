@@ -103,8 +103,10 @@ class Lease:
         return time.monotonic() - self.renewed_at
 
     def lost_note(self, worker_id: str, then: str) -> str:
-        return (f"[worker {worker_id}] could not reach the database for {self.without_database():.0f} s, longer than "
-                f"the {self.seconds:g} s lease: {then}")
+        return (
+            f"[worker {worker_id}] could not reach the database for {self.without_database():.0f} s, longer than "
+            f"the {self.seconds:g} s lease: {then}"
+        )
 
 
 def _supervise(
@@ -133,8 +135,12 @@ def _supervise(
             )
         except SQLAlchemyError as error:
             # Busy or away: try again next tick, for as long as the lease the database last granted lasts.
-            log.warning("job %s: heartbeat failed, %.0f s without the database: %s", claim.job_id,
-                        lease.without_database(), error)
+            log.warning(
+                "job %s: heartbeat failed, %.0f s without the database: %s",
+                claim.job_id,
+                lease.without_database(),
+                error,
+            )
             if lease.without_database() > lease.seconds:
                 output.note(lease.lost_note(claim.worker_id, "stopping this attempt"))
                 return Ending.lost
@@ -160,8 +166,15 @@ def _while_leased(write: Callable[[], T], claim: queue.Claim, lease: Lease, sett
             time.sleep(settings.poll_seconds)
 
 
-def _record(ending: Ending, returncode: int, output: JobOutput, claim: queue.Claim, engine: Engine,
-            lease: Lease, settings: Settings) -> None:
+def _record(
+    ending: Ending,
+    returncode: int,
+    output: JobOutput,
+    claim: queue.Claim,
+    engine: Engine,
+    lease: Lease,
+    settings: Settings,
+) -> None:
     progress, _ = output.progress()
     me = f"[worker {claim.worker_id}]"
     if ending is Ending.lost:
@@ -185,10 +198,15 @@ def _record(ending: Ending, returncode: int, output: JobOutput, claim: queue.Cla
             output.note(f"{me} worker stopping: job {state or 'no longer ours'}")
             return
         recorded = _while_leased(
-            lambda: queue.finish(engine, claim, outcome, progress=progress, **values), claim, lease, settings)
+            lambda: queue.finish(engine, claim, outcome, progress=progress, **values), claim, lease, settings
+        )
     except SQLAlchemyError:
-        output.note(lease.lost_note(claim.worker_id, f"could not record that the job {outcome or 'was released'}; "
-                                    "another attempt will take it over"))
+        output.note(
+            lease.lost_note(
+                claim.worker_id,
+                f"could not record that the job {outcome or 'was released'}; another attempt will take it over",
+            )
+        )
         raise
     if recorded:
         output.note(f"{me} attempt {claim.attempt} recorded: {outcome}")
@@ -207,6 +225,7 @@ def _how_it_ended(returncode: int) -> str:
 
 def _exit_error(returncode: int, output: JobOutput) -> dict:
     last = output.tail[-1] if output.tail else None
-    message = f"the job process {_how_it_ended(returncode)}" + (f"; its last output: {last}" if last else
-                                                                 "; see the job's log")
+    message = f"the job process {_how_it_ended(returncode)}" + (
+        f"; its last output: {last}" if last else "; see the job's log"
+    )
     return {"message": message, "where": None}

@@ -10,7 +10,6 @@ from sqlalchemy import Engine
 
 from openseek_nanochat.settings import Settings
 
-
 # The dependencies are `async def` although they never wait: FastAPI runs a plain `def` dependency on its thread pool,
 # a hop that costs more than the dependency itself.
 

@@ -94,8 +94,12 @@ class HostAndOriginCheck:
         host = _parse_host(raw_host) if len(hosts) == 1 else None  # two Host headers: which one counts is unclear
         if self.allowed_hosts is not None and (host is None or not _matches(host[0], self.allowed_hosts)):
             shown = ", ".join(f"[{h}]" if ":" in h else h for h in self.allowed_hosts)
-            await _answer(send, 400, f"Host {raw_host[:200]!r} is not served here: this server answers to {shown} "
-                          "(any port); add names with OPENSEEK_NANOCHAT_ALLOWED_HOSTS")
+            await _answer(
+                send,
+                400,
+                f"Host {raw_host[:200]!r} is not served here: this server answers to {shown} "
+                "(any port); add names with OPENSEEK_NANOCHAT_ALLOWED_HOSTS",
+            )
             return
         origin = next((value for name, value in scope["headers"] if name == b"origin"), None)
         if self.check_origin and origin is not None and scope["method"] in CHANGES_STATE:
@@ -103,17 +107,26 @@ class HostAndOriginCheck:
             own = (scheme, host[0], host[1] or DEFAULT_PORTS.get(scheme)) if host else None
             claimed = origin.decode("latin-1")
             if own is None or _origin_of(claimed) != own:
-                await _answer(send, 403, f"{scope['method']} from another origin ({claimed[:200]!r}) is refused: "
-                              "with no OPENSEEK_NANOCHAT_API_TOKEN, only pages of this server and clients that send "
-                              "no Origin (curl, scripts) may change jobs")
+                await _answer(
+                    send,
+                    403,
+                    f"{scope['method']} from another origin ({claimed[:200]!r}) is refused: "
+                    "with no OPENSEEK_NANOCHAT_API_TOKEN, only pages of this server and clients that send "
+                    "no Origin (curl, scripts) may change jobs",
+                )
                 return
         await self.app(scope, receive, send)
 
 
 async def _answer(send: Send, status: int, message: str) -> None:
     body = json.dumps({"detail": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -124,5 +137,6 @@ def install(app: FastAPI, settings: Settings) -> None:
         log.warning(
             "listening on %s with no API token and any Host name accepted: any web page a browser on this network "
             "opens can reach the API (DNS rebinding). Set OPENSEEK_NANOCHAT_API_TOKEN, or name this server's host "
-            "names in OPENSEEK_NANOCHAT_ALLOWED_HOSTS", settings.bind_host,
+            "names in OPENSEEK_NANOCHAT_ALLOWED_HOSTS",
+            settings.bind_host,
         )

@@ -100,7 +100,15 @@ class Deleted(BaseModel):
 class LogChunk(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"offset": 0, "next_offset": 58, "size": 58, "text": "reading gsm8k.jsonl\nshard 0 done\n", "complete": False}]
+            "examples": [
+                {
+                    "offset": 0,
+                    "next_offset": 58,
+                    "size": 58,
+                    "text": "reading gsm8k.jsonl\nshard 0 done\n",
+                    "complete": False,
+                }
+            ]
         }
     )
 
@@ -145,7 +153,15 @@ class ValidationErrors(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"detail": [{"type": "input_error", "loc": ["body", "sources", 0, "paths"], "msg": "no such file: '/data/x.jsonl'"}]}
+                {
+                    "detail": [
+                        {
+                            "type": "input_error",
+                            "loc": ["body", "sources", 0, "paths"],
+                            "msg": "no such file: '/data/x.jsonl'",
+                        }
+                    ]
+                }
             ]
         }
     )

@@ -33,8 +33,11 @@ class Use:
 
     def describe(self, folder: Path) -> str:
         """'job X (running) already writes to P' and how P stands to `folder`, for a 409."""
-        where = "" if self.path == folder else (
-            f", which lies inside {folder}" if folder in self.path.parents else f", which holds {folder}")
+        where = (
+            ""
+            if self.path == folder
+            else (f", which lies inside {folder}" if folder in self.path.parents else f", which holds {folder}")
+        )
         verb = "already writes to" if self.access == WRITES else "reads"
         return f"job {self.job_id} ({self.state}) {verb} {self.path}{where}"
 

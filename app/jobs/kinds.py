@@ -94,7 +94,6 @@ CONVERT = JobKind(
 )
 
 
-
 def _prepare_train(spec: TrainSpec, settings: Settings, job_id: str, engine: Engine) -> TrainSpec:
     from openseek_nanochat.train.job import prepare
 
@@ -109,8 +108,9 @@ def _prepare_train(spec: TrainSpec, settings: Settings, job_id: str, engine: Eng
         if job.kind != "convert":
             raise InputError(f"job {dataset} is a {job.kind} job, not a convert job", where="dataset")
         if job.state != "succeeded":
-            raise InputError(f"convert job {dataset} is {job.state}; a train job can use it once it has succeeded",
-                             where="dataset")
+            raise InputError(
+                f"convert job {dataset} is {job.state}; a train job can use it once it has succeeded", where="dataset"
+            )
         return job.spec["output_dir"]
 
     return prepare(spec, settings, job_id, lookup=convert_output)
@@ -139,16 +139,34 @@ TRAIN = JobKind(
     examples={
         "cpu": {
             "summary": "A tiny model on CPU, 2 ranks, on a finished convert job's shards",
-            "value": {"dataset": "<convert job id>", "tokenizer": {"vocab_size": 4096}, "depth": 4, "max_seq_len": 256,
-                      "device_batch_size": 8, "num_iterations": 200, "eval_every": 50, "save_every": 50,
-                      "nproc_per_node": 2, "device": "cpu"},
+            "value": {
+                "dataset": "<convert job id>",
+                "tokenizer": {"vocab_size": 4096},
+                "depth": 4,
+                "max_seq_len": 256,
+                "device_batch_size": 8,
+                "num_iterations": 200,
+                "eval_every": 50,
+                "save_every": 50,
+                "nproc_per_node": 2,
+                "device": "cpu",
+            },
         },
         "gpu": {
             "summary": "A d20 model on 8 GPUs",
-            "value": {"dataset": "<convert job id>", "tokenizer": {"vocab_size": 65536}, "depth": 20,
-                      "max_seq_len": 2048, "device_batch_size": 32, "total_batch_size": 524288,
-                      "num_iterations": 20000, "eval_every": 250, "save_every": 1000, "nproc_per_node": 8,
-                      "device": "cuda"},
+            "value": {
+                "dataset": "<convert job id>",
+                "tokenizer": {"vocab_size": 65536},
+                "depth": 20,
+                "max_seq_len": 2048,
+                "device_batch_size": 32,
+                "total_batch_size": 524288,
+                "num_iterations": 20000,
+                "eval_every": 250,
+                "save_every": 1000,
+                "nproc_per_node": 8,
+                "device": "cuda",
+            },
         },
     },
 )

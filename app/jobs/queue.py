@@ -118,8 +118,9 @@ def claim(engine: Engine, worker_id: str, lease_seconds: float) -> Claim | None:
             _set_worker_job(session, worker_id, row.id)
     if row is None:
         return None
-    return Claim(job_id=row.id, kind=row.kind, spec=row.spec, worker_id=worker_id, attempt=row.attempts,
-                 asked_at=asked_at)
+    return Claim(
+        job_id=row.id, kind=row.kind, spec=row.spec, worker_id=worker_id, attempt=row.attempts, asked_at=asked_at
+    )
 
 
 def _owned_by(claim: Claim):
@@ -273,6 +274,4 @@ def forget_dead_workers(engine: Engine, older_than_seconds: float) -> int:
 
 
 def _set_worker_job(session, worker_id: str, job_id: str | None) -> None:
-    session.execute(
-        update(Worker).where(col(Worker.id) == worker_id).values(job_id=job_id, heartbeat_at=db_now())
-    )
+    session.execute(update(Worker).where(col(Worker.id) == worker_id).values(job_id=job_id, heartbeat_at=db_now()))

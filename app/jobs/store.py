@@ -72,9 +72,7 @@ def create_job(engine: Engine, job: Job, writes: Sequence[str] = (), reads: Sequ
     return job
 
 
-def list_jobs(
-    engine: Engine, kind: str | None, state: str | None, limit: int, offset: int
-) -> tuple[list[Job], int]:
+def list_jobs(engine: Engine, kind: str | None, state: str | None, limit: int, offset: int) -> tuple[list[Job], int]:
     query = select(Job)
     if kind:
         query = query.where(Job.kind == kind)
@@ -145,4 +143,3 @@ def _transition(session, job_id: str, from_state: JobState, **values) -> Job | N
 
 def _finished_verb(state: str) -> str:
     return {"succeeded": "succeeded", "failed": "failed", "cancelled": "been cancelled"}.get(state, state)
-

@@ -20,8 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flags.add_argument("--shard-size", type=int, help="characters per shard (default 250M)")
     flags.add_argument("--text-column", help="column holding the text (default: text)")
     flags.add_argument("--text-template", help="e.g. '{question}\\n{answer}'")
-    flags.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=None,
-                       help="stream a Hugging Face dataset instead of downloading it whole (default: on)")
+    flags.add_argument(
+        "--streaming",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="stream a Hugging Face dataset instead of downloading it whole (default: on)",
+    )
     flags.add_argument("--split", help="dataset split (default: train)")
     flags.add_argument("--output-dir", help="a folder inside <data dir>/datasets/ (default: .../<name>)")
     flags.add_argument("--name", help="names the default output dir")
@@ -31,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flags.add_argument("--seed", type=int)
     flags.add_argument("--no-shuffle", action="store_true")
     openseek = parser.add_argument_group(
-        "spec from an OpenSeek training config", "convert the Megatron parts an OpenSeek/FlagScale config trains on")
+        "spec from an OpenSeek training config", "convert the Megatron parts an OpenSeek/FlagScale config trains on"
+    )
     openseek.add_argument("--openseek-config", help="the training YAML: its data.data_path and data.tokenizer")
     openseek.add_argument("--dataset-base-dir", help="what ${experiment.dataset_base_dir} stands for")
     openseek.add_argument("--experiment-config", help="the Hydra experiment YAML that sets dataset_base_dir")
@@ -51,8 +56,14 @@ def spec_from_flags(args: argparse.Namespace) -> dict:
         if args.split:
             source["split"] = args.split
     spec = {"sources": [source], "name": re.sub(r"[^A-Za-z0-9._-]+", "_", local.name or dataset).strip("._-")[:128]}
-    optional = {"chars_per_shard": args.shard_size, "output_dir": args.output_dir, "max_docs": args.max_docs,
-                "max_chars": args.max_chars, "val_docs": args.val_docs, "seed": args.seed}
+    optional = {
+        "chars_per_shard": args.shard_size,
+        "output_dir": args.output_dir,
+        "max_docs": args.max_docs,
+        "max_chars": args.max_chars,
+        "val_docs": args.val_docs,
+        "seed": args.seed,
+    }
     spec.update({k: v for k, v in optional.items() if v is not None})
     if args.name:
         spec["name"] = args.name
@@ -105,8 +116,10 @@ class ProgressBar:
         if p.get("fraction") is not None:
             self.bar.n = round(100 * p["fraction"], 1)
         eta = f", ETA {p['eta_s']:.0f}s" if p.get("eta_s") else ""
-        self.bar.set_postfix_str(f"{p['docs']:,} docs, {p['chars'] / 1e6:,.1f} MB, {p['shards']} shards, "
-                                 f"{p['rate']:,.0f} docs/s, {p['mb_per_s']:.1f} MB/s{eta}")
+        self.bar.set_postfix_str(
+            f"{p['docs']:,} docs, {p['chars'] / 1e6:,.1f} MB, {p['shards']} shards, "
+            f"{p['rate']:,.0f} docs/s, {p['mb_per_s']:.1f} MB/s{eta}"
+        )
 
     def close(self):
         self.bar.close()
@@ -140,13 +153,18 @@ def run(args: argparse.Namespace) -> int:
         if not args.events:
             progress.close()
     totals = manifest["totals"]
-    summary = {"output_dir": manifest["output_dir"],
-               "manifest": str(Path(manifest["output_dir"]) / manifest_file.NAME), **totals}
+    summary = {
+        "output_dir": manifest["output_dir"],
+        "manifest": str(Path(manifest["output_dir"]) / manifest_file.NAME),
+        **totals,
+    }
     if args.events:
         events.emit("result", **summary)
     else:
-        print(f"wrote {totals['shards']} shards ({totals['train_shards']} train + 1 val), {totals['docs']:,} docs, "
-              f"{totals['chars']:,} chars, {totals['bytes'] / 1e6:,.1f} MB to {manifest['output_dir']}")
+        print(
+            f"wrote {totals['shards']} shards ({totals['train_shards']} train + 1 val), {totals['docs']:,} docs, "
+            f"{totals['chars']:,} chars, {totals['bytes'] / 1e6:,.1f} MB to {manifest['output_dir']}"
+        )
         skipped = totals["skipped"]
         if any(skipped.values()):
             print("skipped: " + ", ".join(f"{k}={v:,}" for k, v in sorted(skipped.items()) if v))

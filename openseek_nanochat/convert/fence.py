@@ -61,18 +61,27 @@ def check(on_disk: dict | None, owner: str | None, attempt: int | None, where: s
     if attempt is None:
         return  # not run by a worker (the CLI, a test): the lock alone guards it
     if on_disk is None:
-        raise Superseded(f"attempt {attempt} of job {owner} stops without renaming anything: the manifest it wrote "
-                         "is gone (the folder was removed?)", where)
+        raise Superseded(
+            f"attempt {attempt} of job {owner} stops without renaming anything: the manifest it wrote "
+            "is gone (the folder was removed?)",
+            where,
+        )
     theirs = (on_disk.get("owner"), on_disk.get("attempt"))
     if theirs != (owner, attempt):
         by = f"attempt {theirs[1]}" if theirs[0] == owner else f"job {theirs[0]}"
-        raise Superseded(f"attempt {attempt} of job {owner} stops without renaming anything: the output now belongs "
-                         f"to {by} (this attempt's worker lost the job's lease, and the job went on without it)", where)
+        raise Superseded(
+            f"attempt {attempt} of job {owner} stops without renaming anything: the output now belongs "
+            f"to {by} (this attempt's worker lost the job's lease, and the job went on without it)",
+            where,
+        )
 
 
 def superseded_at_open(on_disk: dict, owner: str | None, attempt: int | None, where: str) -> None:
     """On opening a folder: refuse it when a later attempt of the same job already took it."""
     theirs = on_disk.get("attempt")
     if attempt is not None and on_disk.get("owner") == owner and isinstance(theirs, int) and theirs > attempt:
-        raise Superseded(f"attempt {attempt} of job {owner} stops without renaming anything: attempt {theirs} of the "
-                         "job already took this output over", where)
+        raise Superseded(
+            f"attempt {attempt} of job {owner} stops without renaming anything: attempt {theirs} of the "
+            "job already took this output over",
+            where,
+        )

@@ -33,8 +33,14 @@ FORMAT = "openseek-nanochat.convert/1"
 class Manifest:
     """The manifest of one output dir: the shards recorded so far and what each source contributed to them."""
 
-    def __init__(self, out: Path, spec: ConvertSpec, sources: list[TextSource], owner: str | None = None,
-                 attempt: int | None = None):
+    def __init__(
+        self,
+        out: Path,
+        spec: ConvertSpec,
+        sources: list[TextSource],
+        owner: str | None = None,
+        attempt: int | None = None,
+    ):
         self.out = out
         self.owner = owner
         self.attempt = attempt
@@ -56,15 +62,20 @@ class Manifest:
             manifest = json.loads(path.read_text())
             if manifest.get("format") != FORMAT:
                 raise InputError(
-                    "holds a manifest this version cannot resume; choose another output_dir", str(self.out))
+                    "holds a manifest this version cannot resume; choose another output_dir", str(self.out)
+                )
             if manifest["spec"] != self.fingerprint["spec"]:
                 raise InputError(
                     "holds a conversion of a different spec; refusing to mix them. Use another output_dir, or "
-                    "delete this one to start over", str(self.out))
+                    "delete this one to start over",
+                    str(self.out),
+                )
             if manifest["inputs"] != self.fingerprint["inputs"]:
                 raise InputError(
                     "holds a conversion of these sources, but the input files changed since (size or mtime); "
-                    "refusing to mix old and new data. Delete the output dir to start over", str(self.out))
+                    "refusing to mix old and new data. Delete the output dir to start over",
+                    str(self.out),
+                )
             if manifest["complete"]:
                 return manifest
             fence.superseded_at_open(manifest, self.owner, self.attempt, str(path))
@@ -99,8 +110,12 @@ class Manifest:
     def resume_point(self, stream_docs: int, block: dict) -> dict:
         """Where a re-run starts: the stream position after the last recorded shard, the snapshot of the block holding
         it, and what each source has contributed up to there."""
-        return {"stream_docs": stream_docs, "block": block, "source_docs": self.source_docs.tolist(),
-                "source_chars": self.source_chars.tolist()}
+        return {
+            "stream_docs": stream_docs,
+            "block": block,
+            "source_docs": self.source_docs.tolist(),
+            "source_chars": self.source_chars.tolist(),
+        }
 
     def write(self, complete: bool, resume: dict | None, readers: list[SourceReader] | None = None) -> dict:
         """Write the manifest as it stands; `readers` (the stream's, once it runs) add epochs, skips and stats."""
@@ -129,15 +144,20 @@ class Manifest:
         summaries = []
         for i, source in enumerate(self.sources):
             reader = readers[i] if readers else None
-            summaries.append({
-                "name": source.name, "type": _source_type(source), "weight": source.weight,
-                "docs": int(self.source_docs[i]), "chars": int(self.source_chars[i]),
-                "share_docs": round(int(self.source_docs[i]) / total_docs, 6),
-                "share_chars": round(int(self.source_chars[i]) / total_chars, 6),
-                "epochs": (reader.epoch + 1) if reader else None,
-                "skipped": dict(reader.skipped) if reader else {},
-                "stats": dict(reader.stats) if reader else {},
-            })
+            summaries.append(
+                {
+                    "name": source.name,
+                    "type": _source_type(source),
+                    "weight": source.weight,
+                    "docs": int(self.source_docs[i]),
+                    "chars": int(self.source_chars[i]),
+                    "share_docs": round(int(self.source_docs[i]) / total_docs, 6),
+                    "share_chars": round(int(self.source_chars[i]) / total_chars, 6),
+                    "epochs": (reader.epoch + 1) if reader else None,
+                    "skipped": dict(reader.skipped) if reader else {},
+                    "stats": dict(reader.stats) if reader else {},
+                }
+            )
         return summaries
 
 
@@ -161,8 +181,10 @@ def _identity(path: Path) -> tuple | None:
 
 def _totals(shards: list[dict], sources: list[dict]) -> dict:
     return {
-        "docs": sum(s["rows"] for s in shards), "chars": sum(s["chars"] for s in shards),
-        "bytes": sum(s["bytes"] for s in shards), "shards": len(shards),
+        "docs": sum(s["rows"] for s in shards),
+        "chars": sum(s["chars"] for s in shards),
+        "bytes": sum(s["bytes"] for s in shards),
+        "shards": len(shards),
         "train_shards": sum(s["split"] == "train" for s in shards),
         "val_docs": sum(s["rows"] for s in shards if s["split"] == "val"),
         "skipped": _sum_counters(s["skipped"] for s in sources),

@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from openseek_nanochat.errors import InputError
 from openseek_nanochat.convert.sources import TextSource
+from openseek_nanochat.errors import InputError
 
 # At most about this much text in one block, however long the documents: bounds memory (a block, the one being
 # prefetched and the ring's share of older ones are alive at once) and keeps a block's text under Arrow's 2 GB.
@@ -53,9 +53,17 @@ class SourceReader:
 
     # -- state ----------------------------------------------------------------------------------------------------
     def state(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "offset": self.offset, "exhausted": self.exhausted,
-                "skipped": dict(self.skipped), "stats": dict(self.stats), "seen_docs": self.seen_docs,
-                "seen_chars": self.seen_chars, "progress_span": self._progress_span}
+        return {
+            "epoch": self.epoch,
+            "cursor": self.cursor,
+            "offset": self.offset,
+            "exhausted": self.exhausted,
+            "skipped": dict(self.skipped),
+            "stats": dict(self.stats),
+            "seen_docs": self.seen_docs,
+            "seen_chars": self.seen_chars,
+            "progress_span": self._progress_span,
+        }
 
     def restore(self, state: dict) -> None:
         self.epoch, self.cursor, self.offset = state["epoch"], state["cursor"], state["offset"]
@@ -137,7 +145,7 @@ class SourceReader:
                         break
                     self._new_epoch()
                     continue
-            lengths = self._lengths[self.offset:]
+            lengths = self._lengths[self.offset :]
             if by_chars:
                 n = int(np.searchsorted(np.cumsum(lengths), quota - chars, side="left")) + 1
             else:
@@ -164,8 +172,17 @@ class Block:
 
 
 class DocStream:
-    def __init__(self, sources: list[TextSource], *, min_chars: int, shuffle: bool, block_docs: int, seed: int,
-                 max_docs: int | None = None, max_chars: int | None = None):
+    def __init__(
+        self,
+        sources: list[TextSource],
+        *,
+        min_chars: int,
+        shuffle: bool,
+        block_docs: int,
+        seed: int,
+        max_docs: int | None = None,
+        max_chars: int | None = None,
+    ):
         self.readers = [SourceReader(s, min_chars) for s in sources]
         weights = np.array([s.weight for s in sources], dtype=np.float64)
         self.weights = weights / weights.sum()
@@ -178,9 +195,14 @@ class DocStream:
         self.stream_chars = 0
 
     def snapshot(self, block_index: int) -> dict:
-        return {"block": block_index, "stream_docs": self.stream_docs, "stream_chars": self.stream_chars,
-                "progress": self.progress(),
-                "emitted": self.emitted.tolist(), "readers": [r.state() for r in self.readers]}
+        return {
+            "block": block_index,
+            "stream_docs": self.stream_docs,
+            "stream_chars": self.stream_chars,
+            "progress": self.progress(),
+            "emitted": self.emitted.tolist(),
+            "readers": [r.state() for r in self.readers],
+        }
 
     def restore(self, snapshot: dict) -> None:
         self.stream_docs, self.stream_chars = snapshot["stream_docs"], snapshot["stream_chars"]
@@ -247,8 +269,7 @@ class DocStream:
             texts = pa.chunked_array(parts, pa.string())
             if sum(p.nbytes for p in parts) >= 2**31 - 2**24:  # a freak block of huge documents: 64-bit offsets
                 texts = texts.cast(pa.large_string())
-            table = pa.table({"text": texts, "source": np.concatenate(source_ids),
-                              "chars": np.concatenate(lengths)})
+            table = pa.table({"text": texts, "source": np.concatenate(source_ids), "chars": np.concatenate(lengths)})
             table = table.take(self._order(index, table.column("source").to_numpy()))
             table = self._cut_at_budget(table)
             self.stream_docs += table.num_rows

@@ -6,7 +6,8 @@ while the current one is compressed into shards. Exceptions reach the consumer a
 
 import queue
 import threading
-from typing import Iterator, TypeVar
+from collections.abc import Iterator
+from typing import TypeVar
 
 T = TypeVar("T")
 _DONE = object()

@@ -40,7 +40,8 @@ def default_output_dir(spec: ConvertSpec, settings: Settings, job_id: str | None
     name = spec.name or job_id
     if not name:
         raise InputError(
-            "set 'output_dir' or 'name' (the default output dir is <data dir>/datasets/<name>)", "output_dir")
+            "set 'output_dir' or 'name' (the default output dir is <data dir>/datasets/<name>)", "output_dir"
+        )
     return datasets_dir(settings) / name
 
 
@@ -67,8 +68,16 @@ class Progress:
         self.last = 0.0
         self.best_fraction = 0.0
 
-    def report(self, stream: DocStream | None, shards: int, snapshots: deque, fed: int, force: bool = False,
-               message: str | None = None, fraction: float | None = None) -> None:
+    def report(
+        self,
+        stream: DocStream | None,
+        shards: int,
+        snapshots: deque,
+        fed: int,
+        force: bool = False,
+        message: str | None = None,
+        fraction: float | None = None,
+    ) -> None:
         now = time.time()
         if not self.on_progress or (not force and now - self.last < 1.0):
             return
@@ -78,11 +87,18 @@ class Progress:
         chars = stream.stream_chars if stream else 0
         fraction = fraction if fraction is not None else self.fraction(stream, snapshots, fed)
         eta = elapsed * (1 - fraction) / fraction if fraction and 0 < fraction < 1 else (0.0 if fraction == 1 else None)
-        self.on_progress({
-            "fraction": fraction, "docs": docs, "chars": chars, "shards": shards,
-            "rate": docs / elapsed, "mb_per_s": chars / elapsed / 1e6, "eta_s": eta,
-            "message": message or f"{docs:,} docs, {shards} shards",
-        })
+        self.on_progress(
+            {
+                "fraction": fraction,
+                "docs": docs,
+                "chars": chars,
+                "shards": shards,
+                "rate": docs / elapsed,
+                "mb_per_s": chars / elapsed / 1e6,
+                "eta_s": eta,
+                "message": message or f"{docs:,} docs, {shards} shards",
+            }
+        )
 
     def fraction(self, stream: DocStream | None, snapshots: deque, fed: int) -> float | None:
         """How far the run is, by what has been written (`fed`: documents handed to the shard writer) rather than
@@ -94,8 +110,11 @@ class Progress:
         starts = [start for start, _ in snapshots]
         i = max(0, bisect.bisect_right(starts, fed) - 1)
         start, p0 = starts[i], snapshots[i][1]["progress"]
-        end, p1 = (starts[i + 1], snapshots[i + 1][1]["progress"]) if i + 1 < len(starts) \
+        end, p1 = (
+            (starts[i + 1], snapshots[i + 1][1]["progress"])
+            if i + 1 < len(starts)
             else (stream.stream_docs, stream.progress())
+        )
         if p0 is None or p1 is None:
             return None
         estimate = min(1.0, p0 + (p1 - p0) * (fed - start) / max(1, end - start))
@@ -106,8 +125,14 @@ class Progress:
 class _Run:
     """One conversion run's mutable state; `convert()` is the only entry point."""
 
-    def __init__(self, spec: ConvertSpec, settings: Settings, on_progress: ProgressCallback | None,
-                 job_id: str | None, attempt: int | None):
+    def __init__(
+        self,
+        spec: ConvertSpec,
+        settings: Settings,
+        on_progress: ProgressCallback | None,
+        job_id: str | None,
+        attempt: int | None,
+    ):
         self.spec = spec
         self.out = Path(spec.output_dir)
         self.sources = build_sources(spec, settings)
@@ -124,12 +149,24 @@ class _Run:
             self._progress(force=True, message="already complete", fraction=1.0)
             return finished
         spec = self.spec
-        self.stream = DocStream(self.sources, min_chars=spec.min_chars, shuffle=spec.shuffle,
-                                block_docs=spec.shuffle_buffer, seed=spec.seed,
-                                max_docs=spec.max_docs, max_chars=spec.max_chars)
-        writer = ShardWriter(self.out, num_sources=len(self.sources), row_group_size=spec.row_group_size,
-                             chars_per_shard=spec.chars_per_shard, rows_per_shard=spec.rows_per_shard,
-                             first_index=len(self.manifest.shards), before_publish=self.manifest.check_fence)
+        self.stream = DocStream(
+            self.sources,
+            min_chars=spec.min_chars,
+            shuffle=spec.shuffle,
+            block_docs=spec.shuffle_buffer,
+            seed=spec.seed,
+            max_docs=spec.max_docs,
+            max_chars=spec.max_chars,
+        )
+        writer = ShardWriter(
+            self.out,
+            num_sources=len(self.sources),
+            row_group_size=spec.row_group_size,
+            chars_per_shard=spec.chars_per_shard,
+            rows_per_shard=spec.rows_per_shard,
+            first_index=len(self.manifest.shards),
+            before_publish=self.manifest.check_fence,
+        )
         try:
             return self._write(writer)
         finally:
@@ -176,7 +213,9 @@ class _Run:
             if total <= val_count or tail_rows < val_count:
                 raise InputError(
                     f"only {total} document(s) after filtering; a dataset needs at least one train document and "
-                    f"{val_count} validation document(s) (val_docs). Add data or lower val_docs/min_chars", "sources")
+                    f"{val_count} validation document(s) (val_docs). Add data or lower val_docs/min_chars",
+                    "sources",
+                )
             train_rest = tail.slice(0, tail_rows - val_count)
             self.fed += train_rest.num_rows
             for info in writer.add(train_rest) + writer.finish():
@@ -199,8 +238,15 @@ class _Run:
         self._progress(force=True)
 
     def _progress(self, force: bool = False, message: str | None = None, fraction: float | None = None) -> None:
-        self.progress.report(self.stream, len(self.manifest.shards), self.snapshots, self.fed, force=force,
-                             message=message, fraction=fraction)
+        self.progress.report(
+            self.stream,
+            len(self.manifest.shards),
+            self.snapshots,
+            self.fed,
+            force=force,
+            message=message,
+            fraction=fraction,
+        )
 
 
 def _pop_front(ring: list[pa.Table], ring_rows: int, rows: int):
@@ -218,8 +264,13 @@ def _pop_front(ring: list[pa.Table], ring_rows: int, rows: int):
     return group, ring, ring_rows - rows
 
 
-def convert(spec: ConvertSpec, settings: Settings | None = None, on_progress: ProgressCallback | None = None,
-            job_id: str | None = None, attempt: int | None = None) -> dict:
+def convert(
+    spec: ConvertSpec,
+    settings: Settings | None = None,
+    on_progress: ProgressCallback | None = None,
+    job_id: str | None = None,
+    attempt: int | None = None,
+) -> dict:
     """Run (or resume) a conversion; returns the final manifest. Raises InputError for bad input, and its kind
     fence.Superseded when a later attempt of the job took the output over.
 

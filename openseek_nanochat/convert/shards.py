@@ -63,8 +63,17 @@ class ShardInfo:
 class ShardWriter:
     """Takes documents in order (tables with text, source, chars) and writes shards as they fill."""
 
-    def __init__(self, out_dir: Path, *, num_sources: int, row_group_size: int, chars_per_shard: int,
-                 rows_per_shard: int | None, first_index: int = 0, before_publish: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        out_dir: Path,
+        *,
+        num_sources: int,
+        row_group_size: int,
+        chars_per_shard: int,
+        rows_per_shard: int | None,
+        first_index: int = 0,
+        before_publish: Callable[[], None] | None = None,
+    ):
         self.out_dir = out_dir
         self.before_publish = before_publish  # the run's fencing check (fence.py): it raises to stop a rename
         self.num_sources = num_sources
@@ -134,16 +143,23 @@ class ShardWriter:
     def _write_group(self, group: pa.Table, split: str) -> ShardInfo | None:
         self._append(group)
         counters = self._open[2]
-        full = (counters["rows"] >= self.rows_per_shard) if self.rows_per_shard \
+        full = (
+            (counters["rows"] >= self.rows_per_shard)
+            if self.rows_per_shard
             else (counters["chars"] >= self.chars_per_shard and counters["rows"] % self.row_group_size == 0)
+        )
         return self._close(split) if full else None
 
     def _append(self, group: pa.Table) -> None:
         if self._open is None:
             tmp = temp_path(self.out_dir / shard_name(self.index))
-            counters = {"rows": 0, "chars": 0, "row_groups": 0,
-                        "source_docs": np.zeros(self.num_sources, np.int64),
-                        "source_chars": np.zeros(self.num_sources, np.int64)}
+            counters = {
+                "rows": 0,
+                "chars": 0,
+                "row_groups": 0,
+                "source_docs": np.zeros(self.num_sources, np.int64),
+                "source_chars": np.zeros(self.num_sources, np.int64),
+            }
             self._open = (pq.ParquetWriter(tmp, SCHEMA, **WRITER_OPTIONS), tmp, counters)
         writer, _, counters = self._open
         text = group.column("text").cast(pa.string())
@@ -164,9 +180,17 @@ class ShardWriter:
         if self.before_publish is not None:
             self.before_publish()
         publish(tmp, final)
-        info = ShardInfo(file=final.name, rows=counters["rows"], chars=counters["chars"], bytes=final.stat().st_size,
-                         row_groups=counters["row_groups"], sha256=sha256_of(final), split=split,
-                         source_docs=counters["source_docs"].tolist(), source_chars=counters["source_chars"].tolist())
+        info = ShardInfo(
+            file=final.name,
+            rows=counters["rows"],
+            chars=counters["chars"],
+            bytes=final.stat().st_size,
+            row_groups=counters["row_groups"],
+            sha256=sha256_of(final),
+            split=split,
+            source_docs=counters["source_docs"].tolist(),
+            source_chars=counters["source_chars"].tolist(),
+        )
         self._open = None
         self.index += 1
         return info

@@ -64,7 +64,8 @@ def template_fields(template: str) -> list[str]:
         if not field or format_spec or conversion or any(c in field for c in ".[]"):
             written = field + (f"!{conversion}" if conversion else "") + (f":{format_spec}" if format_spec else "")
             raise ValueError(
-                f"text_template field {{{written}}} is not supported: use plain column names like {{question}}")
+                f"text_template field {{{written}}} is not supported: use plain column names like {{question}}"
+            )
         fields.append(field)
     return fields
 
@@ -100,8 +101,10 @@ class HFTokenizerSpec(StrictModel):
 
 class TiktokenTokenizerSpec(StrictModel):
     type: Literal["tiktoken"] = "tiktoken"
-    path: str = Field(description="Any tiktoken ranks file (base64 token, rank per line; Llama 3's tokenizer.model). "
-                      "Ids past the file are special tokens and vanish from the text.")
+    path: str = Field(
+        description="Any tiktoken ranks file (base64 token, rank per line; Llama 3's tokenizer.model). "
+        "Ids past the file are special tokens and vanish from the text."
+    )
 
 
 # Megatron's --tokenizer-type values this source reads, and the arguments each needs (its --vocab-file, ...).
@@ -125,7 +128,8 @@ class MegatronTokenizerSpec(StrictModel):
     vocab_file: str | None = Field(default=None, description="GPT2BPETokenizer: GPT-2's vocab.json.")
     merge_file: str | None = Field(default=None, description="GPT2BPETokenizer: GPT-2's merges.txt.")
     tokenizer_model: str | None = Field(
-        default=None, description="A tokenizer.json or its folder (HuggingFaceTokenizer), or a SentencePiece .model.")
+        default=None, description="A tokenizer.json or its folder (HuggingFaceTokenizer), or a SentencePiece .model."
+    )
     tokenizer_path: str | None = Field(default=None, description="QwenTokenizerFS: the folder holding qwen.tiktoken.")
     vocab_size: int | None = Field(default=None, ge=1, le=2**31 - 1)
     make_vocab_size_divisible_by: int | None = Field(default=None, ge=1, le=2**31 - 1)
@@ -136,8 +140,11 @@ class MegatronTokenizerSpec(StrictModel):
         missing = [name for name in needed if getattr(self, name) is None]
         if missing:
             raise ValueError(f"tokenizer_type {self.tokenizer_type} needs {' and '.join(missing)}")
-        unused = [name for name in ("vocab_file", "merge_file", "tokenizer_model", "tokenizer_path")
-                  if name not in needed and getattr(self, name) is not None]
+        unused = [
+            name
+            for name in ("vocab_file", "merge_file", "tokenizer_model", "tokenizer_path")
+            if name not in needed and getattr(self, name) is not None
+        ]
         if unused:
             raise ValueError(f"tokenizer_type {self.tokenizer_type} takes no {' or '.join(unused)}")
         return self
@@ -151,11 +158,18 @@ def _tokenizer_form(value) -> str | None:
 
 
 TokenizerSpec = Annotated[
-    Annotated[QwenTokenizerSpec, Tag("qwen")] | Annotated[HFTokenizerSpec, Tag("hf")]
-    | Annotated[TiktokenTokenizerSpec, Tag("tiktoken")] | Annotated[MegatronTokenizerSpec, Tag("megatron")],
-    Discriminator(_tokenizer_form, custom_error_type="tokenizer_form", custom_error_message=(
-        "a tokenizer is {'type': 'qwen' | 'hf' | 'tiktoken', 'path': ...} or Megatron's arguments "
-        "{'tokenizer_type': ..., ...}")),
+    Annotated[QwenTokenizerSpec, Tag("qwen")]
+    | Annotated[HFTokenizerSpec, Tag("hf")]
+    | Annotated[TiktokenTokenizerSpec, Tag("tiktoken")]
+    | Annotated[MegatronTokenizerSpec, Tag("megatron")],
+    Discriminator(
+        _tokenizer_form,
+        custom_error_type="tokenizer_form",
+        custom_error_message=(
+            "a tokenizer is {'type': 'qwen' | 'hf' | 'tiktoken', 'path': ...} or Megatron's arguments "
+            "{'tokenizer_type': ..., ...}"
+        ),
+    ),
 ]
 
 
@@ -175,10 +189,13 @@ class MegatronSource(StrictModel):
         "'tokenizer' is given.",
     )
     dataset_base_dir: str | None = Field(
-        default=None, description="What ${experiment.dataset_base_dir} stands for in the openseek_config.")
+        default=None, description="What ${experiment.dataset_base_dir} stands for in the openseek_config."
+    )
     experiment_config: str | None = Field(
-        default=None, description="The Hydra experiment YAML that sets experiment.dataset_base_dir (instead of "
-        "dataset_base_dir); a relative base dir is taken from that file's folder.")
+        default=None,
+        description="The Hydra experiment YAML that sets experiment.dataset_base_dir (instead of "
+        "dataset_base_dir); a relative base dir is taken from that file's folder.",
+    )
     tokenizer: TokenizerSpec | None = Field(default=None, description="Required unless an openseek_config names one.")
     weight: Weight = 1.0
 
@@ -205,7 +222,8 @@ def weighted_prefixes(data_path: list) -> list[tuple[float, str]]:
     """[w1, p1, w2, p2, ...] -> [(w1, p1), ...], with errors that name the offending position."""
     if not data_path or len(data_path) % 2:
         raise ValueError(
-            "'data_path' must be a non-empty list of weight, prefix pairs: [w1, 'prefix1', w2, 'prefix2', ...]")
+            "'data_path' must be a non-empty list of weight, prefix pairs: [w1, 'prefix1', w2, 'prefix2', ...]"
+        )
     pairs = []
     for i in range(0, len(data_path), 2):
         weight, prefix = data_path[i], data_path[i + 1]
@@ -236,25 +254,35 @@ class ConvertSpec(StrictModel):
         default=None, description="A folder inside <data dir>/datasets/. Default: <data dir>/datasets/<name or job id>."
     )
     chars_per_shard: int = Field(
-        default=250_000_000, gt=0, le=MAX_CHARS, description="Characters per shard (nanochat: 250M).")
+        default=250_000_000, gt=0, le=MAX_CHARS, description="Characters per shard (nanochat: 250M)."
+    )
     rows_per_shard: int | None = Field(
-        default=None, gt=0, le=MAX_DOCS, description="Rows per shard; overrides chars_per_shard.")
+        default=None, gt=0, le=MAX_DOCS, description="Rows per shard; overrides chars_per_shard."
+    )
     row_group_size: int = Field(
-        default=1024, gt=0, le=2**20, description="Rows per parquet row group (nanochat: 1024).")
+        default=1024, gt=0, le=2**20, description="Rows per parquet row group (nanochat: 1024)."
+    )
     max_docs: int | None = Field(
-        default=None, gt=0, le=MAX_DOCS, description="Stop after this many documents (all shards).")
+        default=None, gt=0, le=MAX_DOCS, description="Stop after this many documents (all shards)."
+    )
     max_chars: int | None = Field(
-        default=None, gt=0, le=MAX_CHARS, description="Stop after this many characters (all shards).")
+        default=None, gt=0, le=MAX_CHARS, description="Stop after this many characters (all shards)."
+    )
     max_shards: int | None = Field(
-        default=None, ge=2, le=10**6, description="At most this many shards, the val shard included.")
+        default=None, ge=2, le=10**6, description="At most this many shards, the val shard included."
+    )
     min_chars: int = Field(
-        default=0, ge=0, le=MAX_CHARS, description="Drop documents shorter than this; empty ones always go.")
+        default=0, ge=0, le=MAX_CHARS, description="Drop documents shorter than this; empty ones always go."
+    )
     shuffle: bool = True
     shuffle_buffer: int = Field(
-        default=65_536, gt=0, le=10**8, description="Documents shuffled together (bounded memory).")
+        default=65_536, gt=0, le=10**8, description="Documents shuffled together (bounded memory)."
+    )
     seed: Seed = 42
     val_docs: int | None = Field(
-        default=None, gt=0, le=10**9,
+        default=None,
+        gt=0,
+        le=10**9,
         description="Documents in the validation shard (the last one). Default: 1%, at most 10,000.",
     )
     on_error: Literal["fail", "skip"] = Field(

@@ -79,7 +79,7 @@ def _document_batches(paths, rank, world_size, start, batch_size):
             while rg_idx < pf.num_row_groups:
                 texts = pf.read_row_group(rg_idx, columns=["text"]).column("text").to_pylist()
                 for i in range(row, len(texts), batch_size):
-                    yield texts[i:i + batch_size], (epoch, pq_idx, rg_idx, i)
+                    yield texts[i : i + batch_size], (epoch, pq_idx, rg_idx, i)
                 docs_this_pass += len(texts) - row
                 rg_idx += world_size
                 row = 0
@@ -110,8 +110,11 @@ def _is_exact_state(state, rank, world_size, split) -> bool:
         return False
     if (state.get("rank"), state.get("world_size"), state.get("split")) == (rank, world_size, split):
         return True
-    print(f"dataloader: state saved by rank {state.get('rank')} of {state.get('world_size')} ({state.get('split')}) "
-          f"used by rank {rank} of {world_size} ({split}): resuming from the next row group instead", file=sys.stderr)
+    print(
+        f"dataloader: state saved by rank {state.get('rank')} of {state.get('world_size')} ({state.get('split')}) "
+        f"used by rank {rank} of {world_size} ({split}): resuming from the next row group instead",
+        file=sys.stderr,
+    )
     return False
 
 
@@ -289,10 +292,17 @@ class _ToDevice:
 
 
 def tokenizing_distributed_data_loader_with_state_bos_bestfit(
-    tokenizer, B, T, split,
-    tokenizer_threads=4, tokenizer_batch_size=128,
-    device="cuda", resume_state_dict=None,
-    buffer_size=1000, *, data_dir=None,
+    tokenizer,
+    B,
+    T,
+    split,
+    tokenizer_threads=4,
+    tokenizer_batch_size=128,
+    device="cuda",
+    resume_state_dict=None,
+    buffer_size=1000,
+    *,
+    data_dir=None,
 ):
     """Yields (inputs, targets, state_dict): (B, T) tensors on `device`, every row starting with BOS, no padding.
 
@@ -315,8 +325,11 @@ def tokenizing_distributed_data_loader_with_state_bos_bestfit(
     else:
         start = _nanochat_start(resume_state_dict, rank, world_size)
         pq_idx, rg_idx, epoch, rows_read = 0, 0, 1, 0
-    reader = _Reader(_document_batches(paths, rank, world_size, start, tokenizer_batch_size), tokenizer,
-                     _tokenizer_processes(tokenizer_threads))
+    reader = _Reader(
+        _document_batches(paths, rank, world_size, start, tokenizer_batch_size),
+        tokenizer,
+        _tokenizer_processes(tokenizer_threads),
+    )
 
     to_device = _ToDevice(B, T, device)
     try:
@@ -342,9 +355,14 @@ def tokenizing_distributed_data_loader_with_state_bos_bestfit(
             rows = torch.frombuffer(array("q", tokens), dtype=torch.long).view(B, row_capacity)
             inputs, targets = to_device(rows)
             state_dict = {
-                "pq_idx": pq_idx, "rg_idx": rg_idx, "epoch": epoch,
-                "rows_read": rows_read, "buffer": list(buffer.origins.values()),
-                "rank": rank, "world_size": world_size, "split": split,
+                "pq_idx": pq_idx,
+                "rg_idx": rg_idx,
+                "epoch": epoch,
+                "rows_read": rows_read,
+                "buffer": list(buffer.origins.values()),
+                "rank": rank,
+                "world_size": world_size,
+                "split": split,
             }
             yield inputs, targets, state_dict
     finally:

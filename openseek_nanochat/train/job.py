@@ -101,20 +101,32 @@ def check_manifest(shard_dir: Path, shards: list[Path]) -> None:
     a file)."""
     found = manifest_file.read(shard_dir)
     if found is None:
-        raise InputError(f"{shard_dir} has no readable {manifest_file.NAME}: a dataset is the output of a finished "
-                         "convert job, whose manifest lists its shards", where="dataset")
+        raise InputError(
+            f"{shard_dir} has no readable {manifest_file.NAME}: a dataset is the output of a finished "
+            "convert job, whose manifest lists its shards",
+            where="dataset",
+        )
     if found.get("complete") is not True:
-        raise InputError(f"{shard_dir} holds an unfinished conversion ({manifest_file.NAME} says complete: false): "
-                         "finish (or re-run) the convert job first", where="dataset")
+        raise InputError(
+            f"{shard_dir} holds an unfinished conversion ({manifest_file.NAME} says complete: false): "
+            "finish (or re-run) the convert job first",
+            where="dataset",
+        )
     listed = found.get("shards")
     listed = {s.get("file"): s.get("bytes") for s in listed if isinstance(s, dict)} if isinstance(listed, list) else {}
     on_disk = {path.name: path.stat().st_size for path in shards}
     if sorted(listed) != sorted(on_disk):
-        raise InputError(f"{shard_dir}'s {manifest_file.NAME} lists {len(listed)} shard(s) but the folder holds "
-                         f"{len(on_disk)} ({_first_difference(listed, on_disk)})", where="dataset")
+        raise InputError(
+            f"{shard_dir}'s {manifest_file.NAME} lists {len(listed)} shard(s) but the folder holds "
+            f"{len(on_disk)} ({_first_difference(listed, on_disk)})",
+            where="dataset",
+        )
     if changed := sorted(name for name, size in on_disk.items() if listed[name] is not None and listed[name] != size):
-        raise InputError(f"{changed[0]} in {shard_dir} has {on_disk[changed[0]]:,} bytes, but its manifest says "
-                         f"{listed[changed[0]]:,}: the shard was changed or cut short", where="dataset")
+        raise InputError(
+            f"{changed[0]} in {shard_dir} has {on_disk[changed[0]]:,} bytes, but its manifest says "
+            f"{listed[changed[0]]:,}: the shard was changed or cut short",
+            where="dataset",
+        )
 
 
 def _first_difference(listed: dict, on_disk: dict) -> str:

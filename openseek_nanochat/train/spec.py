@@ -93,13 +93,16 @@ class TrainSpec(StrictModel):
     max_seq_len: int = Field(default=2048, ge=8, le=2**20, description="Context length in tokens.")
     device_batch_size: int = Field(default=32, ge=1, le=2**16, description="Sequences per rank per micro-batch.")
     total_batch_size: int | None = Field(
-        default=None, ge=1, le=MAX_TOKENS,
+        default=None,
+        ge=1,
+        le=MAX_TOKENS,
         description="Tokens per optimizer step, a multiple of device_batch_size * max_seq_len * nproc_per_node "
         "(gradients accumulate over the micro-batches). Default: exactly one micro-batch per rank.",
     )
     num_iterations: int = Field(ge=1, le=MAX_STEPS, description="Optimizer steps.")
     eval_every: int = Field(
-        default=250, le=MAX_STEPS,
+        default=250,
+        le=MAX_STEPS,
         description="Validation bits per byte every N steps and at the end (-1: only at the end).",
     )
     eval_tokens: int = Field(

@@ -223,8 +223,10 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)  # the train job turns this line into the job's error
         return 2
-    print(f"tokenizer: {stats['vocab_size']:,} tokens from {stats['docs']:,} docs, {stats['chars']:,} chars "
-          f"in {stats['seconds']:.1f}s -> {args.out_dir}")
+    print(
+        f"tokenizer: {stats['vocab_size']:,} tokens from {stats['docs']:,} docs, {stats['chars']:,} chars "
+        f"in {stats['seconds']:.1f}s -> {args.out_dir}"
+    )
     return 0
 
 

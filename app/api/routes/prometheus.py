@@ -54,7 +54,9 @@ def render(metrics: Iterable[Metric]) -> str:
         lines += [f"# HELP {metric.name} {metric.help}", f"# TYPE {metric.name} {metric.type}"]
         for labels, value in metric.samples:
             label_text = ",".join(f'{key}="{_escape(str(v))}"' for key, v in labels.items())
-            lines.append(f"{metric.name}{{{label_text}}} {_number(value)}" if labels else f"{metric.name} {_number(value)}")
+            lines.append(
+                f"{metric.name}{{{label_text}}} {_number(value)}" if labels else f"{metric.name} {_number(value)}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -92,12 +94,24 @@ def _conversion(engine: Engine) -> list[Metric]:
         fraction.add(job_fraction, job=job_id)
         rate.add(job_rate, job=job_id)
     return [
-        _single("openseek_convert_docs_total", "counter", "Documents written by convert jobs (running ones so far).",
-                done.docs),
-        _single("openseek_convert_chars_total", "counter", "Characters written by convert jobs (running ones so far).",
-                done.chars),
-        _single("openseek_convert_shard_bytes_total", "counter", "Bytes of parquet shards of finished convert jobs.",
-                done.shard_bytes),
+        _single(
+            "openseek_convert_docs_total",
+            "counter",
+            "Documents written by convert jobs (running ones so far).",
+            done.docs,
+        ),
+        _single(
+            "openseek_convert_chars_total",
+            "counter",
+            "Characters written by convert jobs (running ones so far).",
+            done.chars,
+        ),
+        _single(
+            "openseek_convert_shard_bytes_total",
+            "counter",
+            "Bytes of parquet shards of finished convert jobs.",
+            done.shard_bytes,
+        ),
         fraction,
         rate,
     ]
@@ -106,7 +120,9 @@ def _conversion(engine: Engine) -> list[Metric]:
 def _training(engine: Engine) -> list[Metric]:
     done = stats.trainings(engine)
     steps = Metric("openseek_train_steps_total", "counter", "Optimizer steps done by train jobs (running ones so far).")
-    tokens = Metric("openseek_train_tokens_total", "counter", "Tokens trained on by train jobs (steps x tokens per step).")
+    tokens = Metric(
+        "openseek_train_tokens_total", "counter", "Tokens trained on by train jobs (steps x tokens per step)."
+    )
     speed = Metric("openseek_train_tokens_per_second", "gauge", "Training throughput of each running train job.")
     loss = Metric("openseek_train_loss", "gauge", "Latest training loss of each running train job.")
     val_bpb = Metric("openseek_train_val_bpb", "gauge", "Latest validation bits per byte of each running train job.")

@@ -1,8 +1,8 @@
 """Source types by spec `type`. Each builds one or more TextSource objects (see base.py)."""
 
-from openseek_nanochat.settings import Settings
-from openseek_nanochat.convert.spec import ConvertSpec, FilesSource, HFSource, MegatronSource
 from openseek_nanochat.convert.sources.base import Batch, TextSource
+from openseek_nanochat.convert.spec import ConvertSpec, FilesSource, HFSource, MegatronSource
+from openseek_nanochat.settings import Settings
 
 
 def build_sources(spec: ConvertSpec, settings: Settings) -> list[TextSource]:

@@ -6,9 +6,10 @@ batch, which is all the conversion engine needs to resume after a crash without 
 """
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import pyarrow as pa
 

@@ -48,8 +48,11 @@ class Detokenizer(Protocol):
 def utf8_documents(data: pa.Buffer, offsets: np.ndarray) -> Decoded:
     """Documents data[offsets[i]:offsets[i+1]] as strings, invalid UTF-8 replaced by U+FFFD and counted."""
     large = int(offsets[-1]) >= 2**31
-    raw = pa.Array.from_buffers(pa.large_binary() if large else pa.binary(), len(offsets) - 1,
-                                [None, pa.py_buffer(offsets.astype(np.int64 if large else np.int32)), data])
+    raw = pa.Array.from_buffers(
+        pa.large_binary() if large else pa.binary(),
+        len(offsets) - 1,
+        [None, pa.py_buffer(offsets.astype(np.int64 if large else np.int32)), data],
+    )
     string_type = pa.large_string() if large else pa.string()
     try:
         return Decoded(raw.cast(string_type), 0)  # Arrow validates the UTF-8 of the whole batch at GB/s
@@ -165,8 +168,11 @@ def tokenizer_file(path: str | Path, settings: Settings, field: str) -> Path:
         raise InputError("no such tokenizer file", str(path))
     size = resolved.stat().st_size
     if size > MAX_TOKENIZER_BYTES:
-        raise InputError(f"{field} names a {size / 2**20:,.0f} MiB file; a tokenizer file may be at most "
-                         f"{MAX_TOKENIZER_BYTES >> 20} MiB", str(path))
+        raise InputError(
+            f"{field} names a {size / 2**20:,.0f} MiB file; a tokenizer file may be at most "
+            f"{MAX_TOKENIZER_BYTES >> 20} MiB",
+            str(path),
+        )
     return resolved
 
 

@@ -54,7 +54,7 @@ def detect_format(path: Path) -> str:
         return "arrow"
     if name.endswith(TEXT_SUFFIXES):
         return "text"
-    raise InputError("cannot tell the format from the file name; set \"format\" on the source", str(path))
+    raise InputError('cannot tell the format from the file name; set "format" on the source', str(path))
 
 
 def _line_blocks(stream: pa.NativeFile, offset: int) -> Iterator[tuple[int, pa.Buffer]]:
@@ -87,7 +87,7 @@ def _line_blocks_seeking(raw: pa.NativeFile, offset: int) -> Iterator[tuple[int,
             if len(block) and np.frombuffer(block, np.uint8).max(initial=0) > 32:  # not only blank lines
                 yield offset, block
             return
-        newlines = np.flatnonzero(np.frombuffer(block, np.uint8)[-min(size, 1 << 16):] == 10)
+        newlines = np.flatnonzero(np.frombuffer(block, np.uint8)[-min(size, 1 << 16) :] == 10)
         if not len(newlines):
             newlines = np.flatnonzero(np.frombuffer(block, np.uint8) == 10)
             if not len(newlines):
@@ -136,8 +136,9 @@ class FilesTextSource:
         self.on_error = on_error
         self.files = expand_input_globs(spec.paths, settings)
         self.formats = [spec.format if spec.format != "auto" else detect_format(p) for p in self.files]
-        self.name = name or (str(self.files[0]) if len(self.files) == 1
-                             else f"{self.files[0].parent}/ ({len(self.files)} files)")
+        self.name = name or (
+            str(self.files[0]) if len(self.files) == 1 else f"{self.files[0].parent}/ ({len(self.files)} files)"
+        )
         self.total_bytes = sum(p.stat().st_size for p in self.files) or 1
         self._bytes_before = [0]
         for p in self.files:
@@ -202,13 +203,18 @@ class FilesTextSource:
             if fmt == "text":
                 return  # text files are batched across files by _read_text itself
 
-    def _batch(self, index: int, row: int, table, path: Path, skipped: dict | None = None,
-               bytes_read: int | None = None) -> Batch:
+    def _batch(
+        self, index: int, row: int, table, path: Path, skipped: dict | None = None, bytes_read: int | None = None
+    ) -> Batch:
         """A batch of rows of file `index`; progress counts `bytes_read` of it, or the whole file when unknown."""
         texts = select_text(table, self.spec, str(path))
         done = self._bytes_before[index] + bytes_read if bytes_read is not None else self._bytes_before[index + 1]
-        return Batch(cursor={"file": index, "row": row}, texts=texts, skipped=skipped or {},
-                     progress=min(1.0, done / self.total_bytes))
+        return Batch(
+            cursor={"file": index, "row": row},
+            texts=texts,
+            skipped=skipped or {},
+            progress=min(1.0, done / self.total_bytes),
+        )
 
     def _read_parquet(self, index: int, path: Path, row: int) -> Iterator[Batch]:
         try:
@@ -242,8 +248,11 @@ class FilesTextSource:
         try:
             reader = self._open_ipc(path)
             check_columns(reader.schema.names, self.spec, str(path))
-            batches = (reader.get_batch(i) for i in range(reader.num_record_batches)) \
-                if isinstance(reader, ipc.RecordBatchFileReader) else iter(reader)
+            batches = (
+                (reader.get_batch(i) for i in range(reader.num_record_batches))
+                if isinstance(reader, ipc.RecordBatchFileReader)
+                else iter(reader)
+            )
             done = 0
             for record_batch in batches:
                 if done + record_batch.num_rows <= row:
@@ -279,8 +288,12 @@ class FilesTextSource:
         """Explicit types for the needed columns only, so unrelated columns can't fail a block by changing type."""
         peeked = self._peek_json_schema(path)
         check_columns(peeked.names, self.spec, str(path))
-        return pa.schema([peeked.field(c) if not pa.types.is_null(peeked.field(c).type) else pa.field(c, pa.string())
-                          for c in needed_columns(self.spec)])
+        return pa.schema(
+            [
+                peeked.field(c) if not pa.types.is_null(peeked.field(c).type) else pa.field(c, pa.string())
+                for c in needed_columns(self.spec)
+            ]
+        )
 
     def _read_jsonl(self, index: int, path: Path, row: int, byte: int | None = None) -> Iterator[Batch]:
         """Rows from `row` on; `byte`, when known, is where row `row` starts, and reading begins there."""
@@ -365,5 +378,6 @@ class FilesTextSource:
                 # The column's type varies from line to line: render every value as text rather than guess.
                 columns[field.name] = pa.array(
                     [v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in values],
-                    pa.string())
+                    pa.string(),
+                )
         return self._batch(index, row, pa.table(columns) if kept else schema.empty_table(), path, skipped)

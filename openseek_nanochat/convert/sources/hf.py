@@ -32,8 +32,13 @@ CHECK_SECONDS = 60  # resolving a hub dataset's files can take a while, but a su
 
 def cache_environment(settings: Settings) -> dict[str, str]:
     root = cache_dir(settings) / "hf"
-    names = {"HF_DATASETS_CACHE": "datasets", "HF_MODULES_CACHE": "modules", "HF_HUB_CACHE": "hub",
-             "HF_ASSETS_CACHE": "assets", "HF_XET_CACHE": "xet"}
+    names = {
+        "HF_DATASETS_CACHE": "datasets",
+        "HF_MODULES_CACHE": "modules",
+        "HF_HUB_CACHE": "hub",
+        "HF_ASSETS_CACHE": "assets",
+        "HF_XET_CACHE": "xet",
+    }
     return {variable: str(root / folder) for variable, folder in names.items()}
 
 
@@ -60,8 +65,11 @@ class HFTextSource:
             raise InputError("no such dataset directory", spec.dataset)
 
     def _saved(self) -> bool:
-        return self.local_dir is not None and (self.local_dir / "dataset_info.json").exists() \
+        return (
+            self.local_dir is not None
+            and (self.local_dir / "dataset_info.json").exists()
             and (self.local_dir / "state.json").exists()
+        )
 
     def _outside_roots(self, files: list) -> bool:
         return any("://" in str(path) or not in_input_roots(path, self.settings) for path in files)
@@ -74,8 +82,9 @@ class HFTextSource:
                 state = json.loads((self.local_dir / "state.json").read_text(encoding="utf-8"))
                 arrow_files = [self.local_dir / f["filename"] for f in state.get("_data_files", [])]
                 if self._outside_roots(arrow_files):
-                    raise InputError("state.json `_data_files` names a file outside the allowed input roots",
-                                     spec.dataset)
+                    raise InputError(
+                        "state.json `_data_files` names a file outside the allowed input roots", spec.dataset
+                    )
                 ds = datasets.load_from_disk(str(self.local_dir))
                 if isinstance(ds, datasets.DatasetDict):
                     ds = ds[spec.split]
@@ -85,8 +94,11 @@ class HFTextSource:
             data_files = builder.config.data_files if self.local_dir is not None else None
             for split, files in (data_files or {}).items():
                 if self._outside_roots(files):
-                    raise InputError(f"data_files of split {str(split)!r} names a file outside the allowed input "
-                                     "roots (see README.md `configs`)", spec.dataset)
+                    raise InputError(
+                        f"data_files of split {str(split)!r} names a file outside the allowed input "
+                        "roots (see README.md `configs`)",
+                        spec.dataset,
+                    )
             if streaming:
                 return builder.as_streaming_dataset(split=spec.split)
             builder.download_and_prepare()
@@ -136,16 +148,21 @@ class HFTextSource:
 def probe(spec: HFSource, settings: Settings) -> list[str]:
     """The columns of `spec`'s dataset, found by `python -m` this module within CHECK_SECONDS; InputError if not."""
     request = json.dumps({"dataset": spec.dataset, "name": spec.name, "split": spec.split})
-    env = {**os.environ, **cache_environment(settings), "OPENSEEK_NANOCHAT_DATA_DIR": str(settings.resolved_data_dir),
-           "OPENSEEK_NANOCHAT_INPUT_ROOTS": os.pathsep.join(map(str, settings.resolved_input_roots))}
+    env = {
+        **os.environ,
+        **cache_environment(settings),
+        "OPENSEEK_NANOCHAT_DATA_DIR": str(settings.resolved_data_dir),
+        "OPENSEEK_NANOCHAT_INPUT_ROOTS": os.pathsep.join(map(str, settings.resolved_input_roots)),
+    }
     process = procs.spawn([sys.executable, "-m", __name__, request], env=env, stdout=subprocess.PIPE)
     try:
         output, _ = process.communicate(timeout=CHECK_SECONDS)
     except subprocess.TimeoutExpired:
         process.kill()
         process.communicate()
-        raise InputError(f"checking the dataset took more than {CHECK_SECONDS} s; is the hub reachable?",
-                         spec.dataset) from None
+        raise InputError(
+            f"checking the dataset took more than {CHECK_SECONDS} s; is the hub reachable?", spec.dataset
+        ) from None
     for event in filter(None, map(events.parse, output.decode(errors="replace").splitlines())):
         if event["type"] == "result":
             return event["columns"]
@@ -161,8 +178,9 @@ def main(request: str) -> None:
     except InputError as e:
         events.emit("error", message=e.message, where=e.where)
     except Exception as e:  # whatever `datasets` raises, said as a message the API can return rather than a traceback
-        events.emit("error", message=f"cannot load dataset (split {spec.split!r}): {type(e).__name__}: {e}",
-                    where=spec.dataset)
+        events.emit(
+            "error", message=f"cannot load dataset (split {spec.split!r}): {type(e).__name__}: {e}", where=spec.dataset
+        )
 
 
 if __name__ == "__main__":

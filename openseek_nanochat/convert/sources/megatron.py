@@ -120,8 +120,15 @@ class ReadAhead:
 
 
 class MegatronTextSource:
-    def __init__(self, name: str, weight: float, prefixes: list[str], detokenizer: Detokenizer, files: list[str],
-                 read_ahead: ReadAhead | None = None):
+    def __init__(
+        self,
+        name: str,
+        weight: float,
+        prefixes: list[str],
+        detokenizer: Detokenizer,
+        files: list[str],
+        read_ahead: ReadAhead | None = None,
+    ):
         self.name = name
         self.weight = weight
         self.prefixes = prefixes
@@ -150,8 +157,11 @@ class MegatronTextSource:
         total = max(int(docs_before[-1]), 1)
         pool = decode_pool(DECODE_THREADS)
         budget = self.read_ahead
-        ranges = ((part, *run) for part in range(start_part, len(indexes))
-                  for run in batch_ranges(indexes[part], start_doc if part == start_part else 0, budget.batch_tokens))
+        ranges = (
+            (part, *run)
+            for part in range(start_part, len(indexes))
+            for run in batch_ranges(indexes[part], start_doc if part == start_part else 0, budget.batch_tokens)
+        )
         pending: deque = deque()  # (future, tokens)
         following = next(ranges, None)
         try:
@@ -182,11 +192,18 @@ class MegatronTextSource:
         if len(tokens) and (tokens.min() < 0 or tokens.max() >= vocab_size):
             at = int(np.flatnonzero((tokens < 0) | (tokens >= vocab_size))[0])
             doc = start + int(np.searchsorted(offsets, at, side="right")) - 1
-            raise InputError(f"document {doc}: token id {int(tokens[at])} is outside the tokenizer's vocabulary "
-                             f"(0..{vocab_size - 1}); was this part made with another tokenizer?", str(index.bin_path))
+            raise InputError(
+                f"document {doc}: token id {int(tokens[at])} is outside the tokenizer's vocabulary "
+                f"(0..{vocab_size - 1}); was this part made with another tokenizer?",
+                str(index.bin_path),
+            )
         decoded = self.detokenizer.decode(tokens, offsets)
-        return Batch(cursor={"part": part, "doc": start}, texts=decoded.texts, progress=float(progress),
-                     stats={"decode_replacements": decoded.replacements, "tokens": len(tokens)})
+        return Batch(
+            cursor={"part": part, "doc": start},
+            texts=decoded.texts,
+            progress=float(progress),
+            stats={"decode_replacements": decoded.replacements, "tokens": len(tokens)},
+        )
 
 
 def check_parts_exist(prefixes: list[str], config: str) -> None:
@@ -194,8 +211,10 @@ def check_parts_exist(prefixes: list[str], config: str) -> None:
     missing = [p for p in prefixes if not all(os.path.isfile(path) for path in prefix_paths(p))]
     if missing:
         shown = ", ".join(missing[:MISSING_SHOWN]) + (", ..." if len(missing) > MISSING_SHOWN else "")
-        raise InputError(f"{len(missing)} of the {len(prefixes)} parts its data_path names are missing "
-                         f"(no .idx and .bin): {shown}", config)
+        raise InputError(
+            f"{len(missing)} of the {len(prefixes)} parts its data_path names are missing (no .idx and .bin): {shown}",
+            config,
+        )
 
 
 def build_megatron_sources(spec: MegatronSource, settings: Settings) -> list[MegatronTextSource]:
@@ -211,8 +230,11 @@ def build_megatron_sources(spec: MegatronSource, settings: Settings) -> list[Meg
     files = tokenizer_files + files
     if spec.prefixes is not None:
         name = spec.prefixes[0] if len(spec.prefixes) == 1 else f"{spec.prefixes[0]} (+{len(spec.prefixes) - 1} more)"
-        return [MegatronTextSource(name, spec.weight, expand_prefixes(spec.prefixes, settings), detokenizer, files,
-                                   ReadAhead())]
+        return [
+            MegatronTextSource(
+                name, spec.weight, expand_prefixes(spec.prefixes, settings), detokenizer, files, ReadAhead()
+            )
+        ]
     try:
         pairs = weighted_prefixes(data_path)
     except ValueError as e:
@@ -222,5 +244,7 @@ def build_megatron_sources(spec: MegatronSource, settings: Settings) -> list[Meg
         check_parts_exist([p for found in expanded for p in found], spec.openseek_config)
     total = sum(weight for weight, _ in pairs)
     read_ahead = ReadAhead(len(pairs))  # the parts are read side by side: one budget for all
-    return [MegatronTextSource(prefix, spec.weight * weight / total, found, detokenizer, files, read_ahead)
-            for (weight, prefix), found in zip(pairs, expanded)]
+    return [
+        MegatronTextSource(prefix, spec.weight * weight / total, found, detokenizer, files, read_ahead)
+        for (weight, prefix), found in zip(pairs, expanded)
+    ]

@@ -30,8 +30,14 @@ LEGACY_MAGIC = b"TNTIDX\x00\x00"  # the pre-mmap format of fairseq and old Megat
 VERSION = 1
 HEADER = struct.Struct("<9sQBQQ")  # magic, version, dtype code, N, M
 DTYPES = {
-    1: np.dtype("u1"), 2: np.dtype("i1"), 3: np.dtype("<i2"), 4: np.dtype("<i4"),
-    5: np.dtype("<i8"), 6: np.dtype("<f8"), 7: np.dtype("<f4"), 8: np.dtype("<u2"),
+    1: np.dtype("u1"),
+    2: np.dtype("i1"),
+    3: np.dtype("<i2"),
+    4: np.dtype("<i4"),
+    5: np.dtype("<i8"),
+    6: np.dtype("<f8"),
+    7: np.dtype("<f4"),
+    8: np.dtype("<u2"),
 }
 DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
 
@@ -62,8 +68,11 @@ class MegatronIndex:
         with open(self.idx_path, "rb") as f:
             head = f.read(HEADER.size)
         if head.startswith(LEGACY_MAGIC):
-            raise InputError("legacy Megatron index format (TNTIDX); only megatron-core's MMIDIDX format is "
-                             "supported: preprocess the data again with megatron-core", where)
+            raise InputError(
+                "legacy Megatron index format (TNTIDX); only megatron-core's MMIDIDX format is "
+                "supported: preprocess the data again with megatron-core",
+                where,
+            )
         if not head.startswith(MAGIC):
             raise InputError(f"not a Megatron index: the file starts with {head[:9]!r}, expected {MAGIC!r}", where)
         if len(head) < HEADER.size:
@@ -80,11 +89,15 @@ class MegatronIndex:
         actual = os.path.getsize(self.idx_path)
         counts = f"{n} sequences and {m} document index entries"
         if actual < expected:
-            raise InputError(f"truncated .idx: the header announces {counts} ({expected} bytes), "
-                             f"the file has {actual} bytes", where)
+            raise InputError(
+                f"truncated .idx: the header announces {counts} ({expected} bytes), the file has {actual} bytes", where
+            )
         if actual > expected:
-            raise InputError(f"inconsistent .idx: the header announces {counts} ({expected} bytes), "
-                             f"the file has {actual - expected} bytes more", where)
+            raise InputError(
+                f"inconsistent .idx: the header announces {counts} ({expected} bytes), "
+                f"the file has {actual - expected} bytes more",
+                where,
+            )
         if m < 1:
             raise InputError("inconsistent .idx: the document index is empty; it must at least hold 0", where)
 
@@ -94,15 +107,20 @@ class MegatronIndex:
         self.document_index = np.frombuffer(idx, "<i8", m, HEADER.size + 12 * n)
         first, last = int(self.document_index[0]), int(self.document_index[-1])
         if first != 0 or last != n:
-            raise InputError(f"inconsistent .idx: the document index runs from {first} to {last}, "
-                             f"expected 0 to {n} (the sequence count)", where)
+            raise InputError(
+                f"inconsistent .idx: the document index runs from {first} to {last}, "
+                f"expected 0 to {n} (the sequence count)",
+                where,
+            )
 
         self.bin_size = os.path.getsize(self.bin_path)
         if n:
             end = int(self.sequence_pointers[-1]) + int(self.sequence_lengths[-1]) * self.dtype.itemsize
             if end > self.bin_size:
-                raise InputError(f"truncated .bin: the index needs at least {end} bytes, the file has "
-                                 f"{self.bin_size}", str(self.bin_path))
+                raise InputError(
+                    f"truncated .bin: the index needs at least {end} bytes, the file has {self.bin_size}",
+                    str(self.bin_path),
+                )
         self._bin: np.ndarray | None = None
 
     @property
@@ -120,8 +138,10 @@ class MegatronIndex:
             i = start + int(np.flatnonzero(bounds[1:] < bounds[:-1])[0])
             raise InputError(f"inconsistent .idx: the document index decreases at document {i}", str(self.idx_path))
         if len(bounds) and (bounds[0] < 0 or bounds[-1] > self.num_sequences):
-            raise InputError(f"inconsistent .idx: documents {start}..{stop} point outside the "
-                             f"{self.num_sequences} sequences", str(self.idx_path))
+            raise InputError(
+                f"inconsistent .idx: documents {start}..{stop} point outside the {self.num_sequences} sequences",
+                str(self.idx_path),
+            )
         return bounds
 
     def document_offsets(self, start: int, stop: int) -> np.ndarray:
@@ -129,8 +149,9 @@ class MegatronIndex:
         bounds = self._sequences(start, stop)
         lengths = self.sequence_lengths[bounds[0] : bounds[-1]]
         if np.any(lengths < 0):
-            raise InputError(f"inconsistent .idx: negative sequence length in documents {start}..{stop - 1}",
-                             str(self.idx_path))
+            raise InputError(
+                f"inconsistent .idx: negative sequence length in documents {start}..{stop - 1}", str(self.idx_path)
+            )
         ends = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(lengths, out=ends[1:])
         return ends[bounds - bounds[0]]
@@ -152,8 +173,11 @@ class MegatronIndex:
         ends = pointers + nbytes
         if pointers.min() < 0 or ends.max() > self.bin_size:
             bad = first + int(np.flatnonzero((pointers < 0) | (ends > self.bin_size))[0])
-            raise InputError(f"truncated .bin: sequence {bad} lies at bytes {int(self.sequence_pointers[bad])}.."
-                             f"{int(ends[bad - first])}, the file has {self.bin_size}", str(self.bin_path))
+            raise InputError(
+                f"truncated .bin: sequence {bad} lies at bytes {int(self.sequence_pointers[bad])}.."
+                f"{int(ends[bad - first])}, the file has {self.bin_size}",
+                str(self.bin_path),
+            )
         if self._bin is None:
             self._bin = _map(self.bin_path)
         if np.array_equal(pointers[1:], ends[:-1]):

@@ -63,8 +63,9 @@ def experiment_variables(spec, settings: Settings) -> tuple[dict[str, str], list
     base = variables.get("experiment.dataset_base_dir")
     if base is None:
         raise InputError("sets no experiment.dataset_base_dir", spec.experiment_config)
-    variables["experiment.dataset_base_dir"] = str(resolved.parent / Path(VARIABLE.sub(
-        lambda m: variables.get(m.group(1), m.group(0)), base)).expanduser())
+    variables["experiment.dataset_base_dir"] = str(
+        resolved.parent / Path(VARIABLE.sub(lambda m: variables.get(m.group(1), m.group(0)), base)).expanduser()
+    )
     return variables, [str(resolved)]
 
 
@@ -74,8 +75,11 @@ def substitute(value: str, variables: dict[str, str], config: str, where: str) -
             return value
         value = VARIABLE.sub(lambda m: variables.get(m.group(1), m.group(0)), value)
     name = VARIABLE.search(value).group(0)
-    hint = ("give dataset_base_dir or experiment_config" if name == "${experiment.dataset_base_dir}"
-            else "only ${experiment.dataset_base_dir} and the experiment_config's experiment: values are known")
+    hint = (
+        "give dataset_base_dir or experiment_config"
+        if name == "${experiment.dataset_base_dir}"
+        else "only ${experiment.dataset_base_dir} and the experiment_config's experiment: values are known"
+    )
     raise InputError(f"{where}: {name} is not set ({hint})", config)
 
 

@@ -10,8 +10,8 @@ import string
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from openseek_nanochat.errors import InputError
 from openseek_nanochat.convert.spec import TextSelection, template_fields
+from openseek_nanochat.errors import InputError
 
 
 def needed_columns(selection: TextSelection) -> list[str]:
@@ -53,8 +53,9 @@ def _as_text(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
         return column.cast(pa.string())  # validates UTF-8
     # Structs, maps, dates: JSON is unambiguous and readable. Rare, so Python per row is acceptable here.
-    return pa.array([None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in column.to_pylist()],
-                    pa.string())
+    return pa.array(
+        [None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in column.to_pylist()], pa.string()
+    )
 
 
 def select_text(table: pa.Table | pa.RecordBatch, selection: TextSelection, where: str) -> pa.Array:

@@ -119,13 +119,16 @@ def load_tokenizer(spec: TokenizerSpec, settings: Settings) -> tuple[Detokenizer
     assert isinstance(spec, MegatronTokenizerSpec)
     kind = spec.tokenizer_type
     if kind == "QwenTokenizerFS":
-        return load_tokenizer(QwenTokenizerSpec(path=str(Path(spec.tokenizer_path).expanduser() / "qwen.tiktoken")),
-                              settings)
+        return load_tokenizer(
+            QwenTokenizerSpec(path=str(Path(spec.tokenizer_path).expanduser() / "qwen.tiktoken")), settings
+        )
     if kind == "HuggingFaceTokenizer":
         return load_tokenizer(HFTokenizerSpec(path=hf_tokenizer_json(spec.tokenizer_model, settings)), settings)
     if kind == "GPT2BPETokenizer":
         vocab = detok.tokenizer_file(spec.vocab_file, settings, "tokenizer.vocab_file")
-        merges = detok.tokenizer_file(spec.merge_file, settings, "tokenizer.merge_file")  # not needed to decode; fingerprinted
+        merges = detok.tokenizer_file(
+            spec.merge_file, settings, "tokenizer.merge_file"
+        )  # not needed to decode; fingerprinted
         return gpt2_detokenizer(vocab), [str(vocab), str(merges)]
     model = detok.tokenizer_file(spec.tokenizer_model, settings, "tokenizer.tokenizer_model")  # the SentencePiece kinds
     return SentencePieceDetokenizer(model), [str(model)]

@@ -129,7 +129,7 @@ class GPT(nn.Module):
         cos, sin = self.cos[:, :T], self.sin[:, :T]
         for block in self.blocks:
             x = block(x, cos, sin)
-        logits = self.lm_head(norm(x))[..., :self.config.vocab_size].float()
+        logits = self.lm_head(norm(x))[..., : self.config.vocab_size].float()
         logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
         if targets is None:
             return logits

@@ -214,8 +214,10 @@ def main(argv=None):
     model.init_weights()
     optimizers = setup_optimizers(model, args.embedding_lr, args.unembedding_lr, args.matrix_lr, args.weight_decay)
     flops_per_token = model.estimate_flops()
-    log(f"model: {asdict(config)} | {model.num_params():,} parameters | {flops_per_token:.3e} FLOPs/token | "
-        f"{world_size} rank(s) on {device_type}{' (bf16)' if use_bf16 else ''}")
+    log(
+        f"model: {asdict(config)} | {model.num_params():,} parameters | {flops_per_token:.3e} FLOPs/token | "
+        f"{world_size} rank(s) on {device_type}{' (bf16)' if use_bf16 else ''}"
+    )
 
     tokens_per_micro_batch = args.device_batch_size * args.max_seq_len * world_size
     total_batch_size = tokens_per_micro_batch if args.total_batch_size == -1 else args.total_batch_size
@@ -260,7 +262,8 @@ def main(argv=None):
     # --- data ---
     B, T = args.device_batch_size, args.max_seq_len
     train_loader = tokenizing_distributed_data_loader_with_state_bos_bestfit(
-        tokenizer, B, T, "train", device=device, resume_state_dict=loader_state, data_dir=args.data_dir)
+        tokenizer, B, T, "train", device=device, resume_state_dict=loader_state, data_dir=args.data_dir
+    )
     eval_steps = max(1, args.eval_tokens // tokens_per_micro_batch)
 
     def run_eval():
@@ -279,9 +282,16 @@ def main(argv=None):
     def checkpoint():
         states = gather_objects(loader_state, world_size)
         meta = {
-            "step": step, "val_bpb": val_bpb, "model_config": asdict(config), "user_config": vars(args),
-            "device_batch_size": B, "max_seq_len": T, "total_batch_size": total_batch_size, "world_size": world_size,
-            "dataloader_state_dict": states[0], "dataloader_state_dicts": states,
+            "step": step,
+            "val_bpb": val_bpb,
+            "model_config": asdict(config),
+            "user_config": vars(args),
+            "device_batch_size": B,
+            "max_seq_len": T,
+            "total_batch_size": total_batch_size,
+            "world_size": world_size,
+            "dataloader_state_dict": states[0],
+            "dataloader_state_dicts": states,
             "loop_state": {
                 "min_val_bpb": min_val_bpb if min_val_bpb < math.inf else None,
                 "total_training_time": total_time,
@@ -343,20 +353,39 @@ def main(argv=None):
             min_val_bpb = min(min_val_bpb, val_bpb)
         state_str = f"{next_state['epoch']} pq: {next_state['pq_idx']} rg: {next_state['rg_idx']}"
         mfu_str = f"{mfu:.2f}" if mfu is not None else "n/a"
-        log(f"step {step:05d}/{num_iterations:05d} ({100 * step / num_iterations:.2f}%) | loss: {train_loss:.6f} | "
+        log(
+            f"step {step:05d}/{num_iterations:05d} ({100 * step / num_iterations:.2f}%) | loss: {train_loss:.6f} | "
             f"lrm: {lrm:.2f} | dt: {dt * 1000:.2f}ms | tok/sec: {int(tok_per_sec):,} | bf16_mfu: {mfu_str} | "
-            f"epoch: {state_str} | total time: {total_time / 60:.2f}m")
+            f"epoch: {state_str} | total time: {total_time / 60:.2f}m"
+        )
         if step_val_bpb is not None:
             log(f"Step {step:05d} | Validation bpb: {step_val_bpb:.6f}")
         if master:
             lr = optimizers[-1].param_groups[0]["lr"]  # the matrix rate: the one most of the weights move with
-            report(metrics.write(step=step, loss=train_loss, lr=lr, dt_ms=dt * 1000, tok_per_sec=tok_per_sec, mfu=mfu,
-                                 val_bpb=step_val_bpb))
+            report(
+                metrics.write(
+                    step=step,
+                    loss=train_loss,
+                    lr=lr,
+                    dt_ms=dt * 1000,
+                    tok_per_sec=tok_per_sec,
+                    mfu=mfu,
+                    val_bpb=step_val_bpb,
+                )
+            )
             if args.events and (throttle.ready() or last_step or step_val_bpb is not None):
                 timed_steps = step - first_step - 1
                 eta = (num_iterations - step) * total_time / timed_steps if timed_steps > 0 else None
-                events.emit("progress", step=step, num_iterations=num_iterations, loss=train_loss,
-                            tok_per_sec=tok_per_sec, val_bpb=val_bpb, eta_s=eta, fraction=step / num_iterations)
+                events.emit(
+                    "progress",
+                    step=step,
+                    num_iterations=num_iterations,
+                    loss=train_loss,
+                    tok_per_sec=tok_per_sec,
+                    val_bpb=val_bpb,
+                    eta_s=eta,
+                    fraction=step / num_iterations,
+                )
         if last_step or (args.save_every > 0 and step % args.save_every == 0):
             checkpoint()
 

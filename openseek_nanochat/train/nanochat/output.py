@@ -84,8 +84,12 @@ class OutputParser:
         fields = dict(part.split(": ", 1) for part in rest.split(" | ")[1:] if ": " in part)
         record = self._record(index + 1)
         lrm = _number(fields["lrm"])
-        record.update(loss=_number(fields["loss"]), dt_ms=_number(fields["dt"]), tok_per_sec=_number(fields["tok/sec"]),
-                      lr=None if lrm is None else self.matrix_lr * self.lr_scale * lrm)
+        record.update(
+            loss=_number(fields["loss"]),
+            dt_ms=_number(fields["dt"]),
+            tok_per_sec=_number(fields["tok/sec"]),
+            lr=None if lrm is None else self.matrix_lr * self.lr_scale * lrm,
+        )
         if self.peak_flops and "bf16_mfu" in fields:
             record["mfu"] = _number(fields["bf16_mfu"])
         eta_minutes = _number(fields["eta"]) if "eta" in fields else None  # printed from the 11th step on
@@ -113,8 +117,16 @@ class OutputParser:
 
     def progress(self) -> dict:
         fraction = self.step / self.num_iterations if self.num_iterations else None
-        return {"phase": "train", "step": self.step, "num_iterations": self.num_iterations, "fraction": fraction,
-                "loss": self.loss, "tok_per_sec": self.tok_per_sec, "val_bpb": self.val_bpb, "eta_s": self.eta_s}
+        return {
+            "phase": "train",
+            "step": self.step,
+            "num_iterations": self.num_iterations,
+            "fraction": fraction,
+            "loss": self.loss,
+            "tok_per_sec": self.tok_per_sec,
+            "val_bpb": self.val_bpb,
+            "eta_s": self.eta_s,
+        }
 
 
 def failure(line: str) -> str | None:

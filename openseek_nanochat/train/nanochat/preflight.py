@@ -40,8 +40,9 @@ def prepare(spec: TrainSpec, settings: Settings) -> TrainSpec:
     known = base_train_flags(nanochat_dir)
     check_flags(spec, known)
     if spec.seed != NANOCHAT_SEED:
-        raise InputError(f"nanochat's base_train always seeds {NANOCHAT_SEED}; it has no flag for seed {spec.seed}",
-                         where="seed")
+        raise InputError(
+            f"nanochat's base_train always seeds {NANOCHAT_SEED}; it has no flag for seed {spec.seed}", where="seed"
+        )
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", model_tag(spec)) or model_tag(spec) in (".", ".."):
         raise InputError(f"{model_tag(spec)!r} is not a plain directory name", where="model_tag")
     scripts = [BASE_TRAIN] + ([TOK_TRAIN] if uses_tok_train(spec) else [])
@@ -55,8 +56,11 @@ def resolve_checkout(spec: TrainSpec, settings: Settings) -> Path:
     """The spec's nanochat_dir (under the input roots) or the server's; it must look like a nanochat checkout."""
     configured = settings.nanochat_dir.expanduser().resolve() if settings.nanochat_dir else None
     if spec.nanochat_dir is None and configured is None:
-        raise InputError("backend 'nanochat' needs a nanochat checkout: set nanochat_dir in the spec, or "
-                         "OPENSEEK_NANOCHAT_NANOCHAT_DIR on the server", where="nanochat_dir")
+        raise InputError(
+            "backend 'nanochat' needs a nanochat checkout: set nanochat_dir in the spec, or "
+            "OPENSEEK_NANOCHAT_NANOCHAT_DIR on the server",
+            where="nanochat_dir",
+        )
     path = Path(spec.nanochat_dir).expanduser().resolve() if spec.nanochat_dir else configured
     if path != configured:
         # The job runs code from this directory: only where the server allows inputs to come from.
@@ -131,16 +135,21 @@ def check_flags(spec: TrainSpec, known: dict[str, Arity]) -> None:
         arg = args[i]
         name, has_value, _ = arg.partition("=")
         if not arg.startswith("--"):
-            raise InputError(f"{arg!r} is neither a flag of this checkout's {script_path(BASE_TRAIN)} nor the value "
-                             "of the flag before it", where="extra_args")
+            raise InputError(
+                f"{arg!r} is neither a flag of this checkout's {script_path(BASE_TRAIN)} nor the value "
+                "of the flag before it",
+                where="extra_args",
+            )
         if name in SPEC_FLAGS:
             field = SPEC_FLAGS[name]
             raise InputError(f"{name} is the spec's field {field!r}: set {field} instead", where="extra_args")
         if name == RESUME_FLAG:
             raise InputError(f"{name} is the service's: a job resumes from its own last checkpoint", where="extra_args")
         if name not in known:
-            raise InputError(f"{name} is not a flag of this checkout's {script_path(BASE_TRAIN)} (use full flag "
-                             "names)", where="extra_args")
+            raise InputError(
+                f"{name} is not a flag of this checkout's {script_path(BASE_TRAIN)} (use full flag names)",
+                where="extra_args",
+            )
         fewest, most = known[name]
         if has_value:
             if most == 0:
@@ -155,8 +164,10 @@ def check_flags(spec: TrainSpec, known: dict[str, Arity]) -> None:
         i += 1 + (0 if has_value else given)
     missing = [f"{flag} (field {field!r})" for flag, field in SPEC_FLAGS.items() if flag not in known]
     if missing:
-        raise InputError(f"this checkout's base_train lacks flags the spec sets: {', '.join(missing)}; "
-                         "update the checkout", where="nanochat_dir")
+        raise InputError(
+            f"this checkout's base_train lacks flags the spec sets: {', '.join(missing)}; update the checkout",
+            where="nanochat_dir",
+        )
 
 
 def _is_value(word: str) -> bool:
@@ -219,12 +230,18 @@ def probe_python(modules: list[str]) -> dict:
     if key in _probed:
         return _probed[key]
     try:
-        done = subprocess.run([sys.executable, "-c", _PROBE, *modules], capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE, *modules],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
         probe = json.loads(done.stdout.strip().splitlines()[-1])
     except (subprocess.TimeoutExpired, json.JSONDecodeError, IndexError) as e:
-        raise InputError(f"could not check the Python environment {sys.executable} for nanochat: {e}",
-                         where="nanochat_dir") from None
+        raise InputError(
+            f"could not check the Python environment {sys.executable} for nanochat: {e}", where="nanochat_dir"
+        ) from None
     if not probe["missing"]:
         _probed[key] = probe
     return probe
@@ -235,9 +252,11 @@ def check_python(probe: dict) -> None:
     if missing:
         packages = " ".join(sorted(PIP_NAMES.get(m, m) for m in missing))
         details = "; ".join(f"{m}: {e}" for m, e in sorted(missing.items()))
-        raise InputError(f"the workers' Python ({sys.executable}) cannot import what nanochat needs ({details}); "
-                         f"run pip install 'openseek-nanochat[nanochat]' (or: pip install {packages})",
-                         where="nanochat_dir")
+        raise InputError(
+            f"the workers' Python ({sys.executable}) cannot import what nanochat needs ({details}); "
+            f"run pip install 'openseek-nanochat[nanochat]' (or: pip install {packages})",
+            where="nanochat_dir",
+        )
 
 
 def check_ranks(spec: TrainSpec, cuda_devices: int) -> None:
@@ -246,9 +265,13 @@ def check_ranks(spec: TrainSpec, cuda_devices: int) -> None:
         return
     on_cuda = spec.device == "cuda" or (spec.device == "auto" and cuda_devices > 0)
     if not on_cuda:
-        raise InputError(f"nanochat's base_train runs several ranks only on CUDA (here each of the "
-                         f"{spec.nproc_per_node} ranks would train alone); use nproc_per_node 1",
-                         where="nproc_per_node")
+        raise InputError(
+            f"nanochat's base_train runs several ranks only on CUDA (here each of the "
+            f"{spec.nproc_per_node} ranks would train alone); use nproc_per_node 1",
+            where="nproc_per_node",
+        )
     if spec.nproc_per_node > cuda_devices:
-        raise InputError(f"nproc_per_node {spec.nproc_per_node} is more than the {cuda_devices} CUDA device(s) here",
-                         where="nproc_per_node")
+        raise InputError(
+            f"nproc_per_node {spec.nproc_per_node} is more than the {cuda_devices} CUDA device(s) here",
+            where="nproc_per_node",
+        )

@@ -58,8 +58,15 @@ def run(spec: TrainSpec, job_dir, emit: Callable[..., None] = events.emit) -> di
         "val_bpb": meta.get("val_bpb"),
         "min_val_bpb": meta.get("loop_state", {}).get("min_val_bpb"),
     }
-    emit("progress", phase="done", step=result["step"], num_iterations=spec.num_iterations, fraction=1.0,
-         val_bpb=result["val_bpb"], message="trained")
+    emit(
+        "progress",
+        phase="done",
+        step=result["step"],
+        num_iterations=spec.num_iterations,
+        fraction=1.0,
+        val_bpb=result["val_bpb"],
+        message="trained",
+    )
     emit("result", **result)
     return result
 
@@ -69,8 +76,14 @@ def train(spec: TrainSpec, run_dir: Path, resume_step: int | None, emit=events.e
     parser = OutputParser(spec.matrix_lr, spec.num_iterations, resume_step)
     throttle = events.Throttle(2.0)
     step = resume_step or 0
-    emit("progress", phase="train", message="starting nanochat's base_train", step=step,
-         num_iterations=spec.num_iterations, fraction=step / spec.num_iterations)
+    emit(
+        "progress",
+        phase="train",
+        message="starting nanochat's base_train",
+        step=step,
+        num_iterations=spec.num_iterations,
+        fraction=step / spec.num_iterations,
+    )
 
     def on_line(line: str) -> None:
         moved = parser.feed(line)
