@@ -17,20 +17,24 @@ def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(entry) -> bool:
+        """Hand `entry` over unless the consumer has gone (every put waits on `stop`, the last one too)."""
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce():
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put((item, None)):
                     return
-            q.put((_DONE, None))
+            put((_DONE, None))
         except BaseException as e:  # handed to the consumer, raised there
-            q.put((_DONE, e))
+            put((_DONE, e))
 
     thread = threading.Thread(target=produce, name="prefetch", daemon=True)
     thread.start()
