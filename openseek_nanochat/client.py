@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, TypeVar
 
 import httpx
@@ -35,6 +34,7 @@ from httpx_sse import connect_sse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import openseek_nanochat
+from openseek_nanochat.jobstates import FINISHED, JobState
 
 SERVER_ENV = "OPENSEEK_NANOCHAT_SERVER"
 TOKEN_ENV = "OPENSEEK_NANOCHAT_API_TOKEN"  # the server's own setting: on its machine the client finds it as it is
@@ -48,18 +48,6 @@ GIVE_UP_SECONDS = 300.0
 
 
 # --- what the API returns (mirrors app/api/schemas.py) -----------------------------------------------------------
-
-
-class JobState(StrEnum):
-    queued = "queued"
-    running = "running"
-    cancelling = "cancelling"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-
-FINISHED = (JobState.succeeded, JobState.failed, JobState.cancelled)
 
 
 class _Shape(BaseModel):

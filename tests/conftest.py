@@ -4,7 +4,12 @@ from pathlib import Path
 
 import pytest
 
+from app.jobs.db import make_engine, writing
+from app.jobs.migrate import upgrade
+from app.jobs.models import Job, Worker
+
 import syspackages
+from serverutil import start_postgres
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
@@ -32,6 +37,26 @@ def data_dir(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("OPENSEEK_NANOCHAT_DATA_DIR", str(d))
     monkeypatch.setenv("OPENSEEK_NANOCHAT_INPUT_ROOTS", os.pathsep.join([str(d), str(SHARED_DATA), str(tmp_path)]))
     return d
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL cluster, shared by one module's tests."""
+    with start_postgres() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.needs("postgresql"))])
+def engine(request, tmp_path):
+    """The jobs database, migrated and empty, on SQLite and on PostgreSQL (a test runs once on each)."""
+    url = f"sqlite:///{tmp_path / 'jobs.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = make_engine(url)
+    upgrade(engine)
+    with writing(engine) as session:  # a PostgreSQL cluster is shared by the module's tests
+        session.execute(Job.__table__.delete())
+        session.execute(Worker.__table__.delete())
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

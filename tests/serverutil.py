@@ -194,6 +194,19 @@ def shakespeare_jsonl(path: Path, copies: int) -> Path:
     return path
 
 
+def long_conversion(server: "Server", copies: int = 6, **extra) -> dict:
+    """A convert spec of many small shards (~55 per copy of the corpus): seconds of work, long enough to act on while
+    it runs (cancel, kill, follow). `extra` adds or overrides fields (name, max_docs, ...)."""
+    corpus = shakespeare_jsonl(server.data_dir.parent / f"shakespeare-{copies}.jsonl", copies=copies)
+    return {
+        "sources": [{"type": "files", "paths": [str(corpus)]}],
+        "chars_per_shard": 20_000,
+        "row_group_size": 16,
+        "shuffle_buffer": 2000,
+        **extra,
+    }
+
+
 @contextmanager
 def start_postgres() -> Iterator[str]:
     """A throwaway PostgreSQL cluster on a Unix socket; yields its SQLAlchemy URL. Runs as the `postgres` user when

@@ -18,7 +18,7 @@ from openseek_nanochat.convert.spec import ConvertSpec
 from app.api import schemas
 from app.jobs.models import JobState
 
-from serverutil import SHARED_DATA, free_port, shakespeare_jsonl, start_server, wait_until
+from serverutil import SHARED_DATA, free_port, long_conversion, shakespeare_jsonl, start_server, wait_until
 
 TOKEN = "client-token"
 GSM8K = str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")
@@ -50,17 +50,6 @@ def server(tmp_path_factory):
 def client(server):
     with Client(server.base_url, token=TOKEN) as client:
         yield client
-
-
-def long_spec(server) -> dict:
-    """A conversion of ~330 small shards: several seconds."""
-    corpus = shakespeare_jsonl(server.data_dir.parent / "shakespeare.jsonl", copies=6)
-    return {
-        "sources": [{"type": "files", "paths": [str(corpus)]}],
-        "chars_per_shard": 20_000,
-        "row_group_size": 16,
-        "shuffle_buffer": 2000,
-    }
 
 
 def running_with_shards(client: Client, job_id: str, shards: int) -> None:
@@ -191,7 +180,7 @@ class CuttingProxy:
 
 
 def test_follow_resumes_with_last_event_id_after_a_dropped_connection(server, client):
-    job = client.submit("convert", long_spec(server))
+    job = client.submit("convert", long_conversion(server))
     running_with_shards(client, job.id, 1)
     proxy = CuttingProxy(int(server.base_url.rsplit(":", 1)[1]), cut_after=0.5)
     followed, retries = [], []
@@ -211,7 +200,7 @@ def test_follow_resumes_with_last_event_id_after_a_dropped_connection(server, cl
 
 
 def test_follow_gives_up_on_a_server_that_is_gone(server, client):
-    job = client.submit("convert", long_spec(server))
+    job = client.submit("convert", long_conversion(server))
     running_with_shards(client, job.id, 1)
     proxy = CuttingProxy(int(server.base_url.rsplit(":", 1)[1]), cut_after=0.5, refuse_after_cut=True)
     pauses = []

@@ -14,7 +14,7 @@ from playwright.sync_api import expect, sync_playwright
 from app.jobs.models import JobState
 
 from browserutil import launch
-from serverutil import SHARED_DATA, shakespeare_jsonl, start_server, wait_for_state
+from serverutil import SHARED_DATA, long_conversion, start_server, wait_for_state
 from storedjobs import add_train_job, advance_train_job, insert_train_job, small_train_spec, train_metrics
 
 pytestmark = pytest.mark.needs("chromium")
@@ -52,14 +52,7 @@ def page(browser, server):
 @pytest.fixture(scope="module")
 def long_spec(server) -> dict:
     """A conversion of several seconds whose fraction grows with the documents written (max_docs sets the total)."""
-    corpus = shakespeare_jsonl(server.data_dir.parent / "shakespeare.jsonl", copies=40)
-    return {
-        "sources": [{"type": "files", "paths": [str(corpus)]}],
-        "max_docs": 280_000,
-        "chars_per_shard": 20_000,
-        "row_group_size": 16,
-        "shuffle_buffer": 2000,
-    }
+    return long_conversion(server, copies=40, max_docs=280_000)
 
 
 def test_the_list_follows_a_running_conversion_until_it_succeeds(browser, server, long_spec):

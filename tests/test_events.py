@@ -9,7 +9,14 @@ import time
 import httpx
 import pytest
 
-from serverutil import SHARED_DATA, shakespeare_jsonl, start_server, stop_process, wait_for_state, wait_until
+from serverutil import (
+    SHARED_DATA,
+    long_conversion,
+    start_server,
+    stop_process,
+    wait_for_state,
+    wait_until,
+)
 
 TOKEN = "events-token"
 GSM8K = str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")
@@ -24,14 +31,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def long_spec(server) -> dict:
     """A conversion of a few seconds whose fraction grows with the documents written (max_docs sets the total)."""
-    corpus = shakespeare_jsonl(server.data_dir.parent / "shakespeare.jsonl", copies=6)
-    return {
-        "sources": [{"type": "files", "paths": [str(corpus)]}],
-        "max_docs": 40_000,
-        "chars_per_shard": 20_000,
-        "row_group_size": 16,
-        "shuffle_buffer": 2000,
-    }
+    return long_conversion(server, max_docs=40_000)
 
 
 def quick_spec(**extra) -> dict:

@@ -23,8 +23,7 @@ from openseek_nanochat.atomic import write_json_atomic
 from openseek_nanochat.errors import InputError
 
 from app.jobs import models, queue, store
-from app.jobs.db import make_engine, writing
-from app.jobs.migrate import upgrade
+from app.jobs.db import writing
 from app.jobs.models import Job, JobState, new_job_id
 
 from convertutil import run_spec
@@ -33,7 +32,6 @@ from serverutil import (
     SHARED_DATA,
     cli,
     lock_sqlite,
-    start_postgres,
     start_server,
     wait_for_state,
     wait_until,
@@ -290,24 +288,6 @@ def test_a_later_attempt_waits_until_the_earlier_ones_processes_are_gone(spec, t
 
 
 # --- leases in the database's clock -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    with start_postgres() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.needs("postgresql"))])
-def engine(request, tmp_path):
-    url = f"sqlite:///{tmp_path / 'jobs.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    engine = make_engine(url)
-    upgrade(engine)
-    with writing(engine) as session:  # a PostgreSQL cluster is shared by the module's tests
-        session.execute(Job.__table__.delete())
-        session.execute(models.Worker.__table__.delete())
-    yield engine
-    engine.dispose()
 
 
 def database_clock(engine) -> datetime:

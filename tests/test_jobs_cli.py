@@ -14,7 +14,15 @@ import pytest
 
 from openseek_nanochat import events
 
-from serverutil import SHARED_DATA, cli, free_port, shakespeare_jsonl, start_server, wait_for_state, wait_until
+from serverutil import (
+    SHARED_DATA,
+    cli,
+    free_port,
+    long_conversion,
+    start_server,
+    wait_for_state,
+    wait_until,
+)
 
 TOKEN = "cli-token"
 ENV = {"OPENSEEK_NANOCHAT_LEASE_SECONDS": "3"}
@@ -55,18 +63,6 @@ def start_jobs(server, *args: str) -> subprocess.Popen:
 def write_spec(path, spec: dict) -> str:
     path.write_text(json.dumps(spec))
     return str(path)
-
-
-def long_spec(server, name: str) -> dict:
-    """A conversion of ~330 small shards: several seconds, long enough to act on while it runs."""
-    corpus = shakespeare_jsonl(server.data_dir.parent / "shakespeare.jsonl", copies=6)
-    return {
-        "name": name,
-        "sources": [{"type": "files", "paths": [str(corpus)]}],
-        "chars_per_shard": 20_000,
-        "row_group_size": 16,
-        "shuffle_buffer": 2000,
-    }
 
 
 def submitted_id(process: subprocess.Popen) -> str:
@@ -143,7 +139,7 @@ def test_a_job_failing_on_a_malformed_line_exits_1_naming_file_and_line(server, 
 
 
 def test_a_cancelled_job_exits_1(server):
-    spec = write_spec(server.data_dir.parent / "cancel.json", long_spec(server, "cancelled"))
+    spec = write_spec(server.data_dir.parent / "cancel.json", long_conversion(server, name="cancelled"))
     following = start_jobs(server, "submit", "convert", spec, "--follow")
     job_id = submitted_id(following)
     running_with_shards(server, job_id, 1)
@@ -159,7 +155,7 @@ def test_a_cancelled_job_exits_1(server):
 
 
 def test_ctrl_c_detaches_and_the_job_runs_on(server):
-    spec = write_spec(server.data_dir.parent / "detach.json", long_spec(server, "detached"))
+    spec = write_spec(server.data_dir.parent / "detach.json", long_conversion(server, name="detached"))
     following = start_jobs(server, "submit", "convert", spec, "--follow")
     job_id = submitted_id(following)
     running_with_shards(server, job_id, 1)
@@ -284,7 +280,7 @@ def test_an_unreachable_server_is_one_line(server):
 
 def test_follow_rides_out_a_server_restart_mid_job(tmp_path):
     with start_server(tmp_path / "data", workers=1, env=ENV) as server:
-        spec = write_spec(tmp_path / "long.json", long_spec(server, "restarted"))
+        spec = write_spec(tmp_path / "long.json", long_conversion(server, name="restarted"))
         env = client_env(server, token=None)
         del env["OPENSEEK_NANOCHAT_SERVER"]  # --server says where, this time
         following = subprocess.Popen(

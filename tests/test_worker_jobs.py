@@ -12,7 +12,7 @@ from openseek_nanochat.procs import job_processes
 
 from serverutil import (
     SHARED_DATA,
-    shakespeare_jsonl,
+    long_conversion,
     start_server,
     start_worker,
     stop_process,
@@ -28,17 +28,6 @@ def server(tmp_path_factory):
     env = {"OPENSEEK_NANOCHAT_LEASE_SECONDS": str(LEASE_SECONDS)}
     with start_server(tmp_path_factory.mktemp("workers") / "data", workers=2, env=env) as server:
         yield server
-
-
-def long_conversion(server) -> dict:
-    """A conversion of ~330 small shards: several seconds of work."""
-    corpus = shakespeare_jsonl(server.data_dir.parent / "shakespeare.jsonl", copies=6)
-    return {
-        "sources": [{"type": "files", "paths": [str(corpus)]}],
-        "chars_per_shard": 20_000,
-        "row_group_size": 16,
-        "shuffle_buffer": 2000,
-    }
 
 
 def log_text(server, job_id: str) -> str:

@@ -5,33 +5,11 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import update
 
 from app.jobs import queue, store
 from app.jobs.db import make_engine, writing
-from app.jobs.migrate import upgrade
 from app.jobs.models import Job, JobState, new_job_id, utcnow
-
-from serverutil import start_postgres
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    with start_postgres() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.needs("postgresql"))])
-def engine(request, tmp_path):
-    url = f"sqlite:///{tmp_path / 'jobs.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    engine = make_engine(url)
-    upgrade(engine)
-    if request.param == "postgresql":
-        with writing(engine) as session:  # the cluster is shared by the module's tests
-            session.execute(Job.__table__.delete())
-    yield engine
-    engine.dispose()
 
 
 def add_jobs(engine, count: int) -> list[str]:

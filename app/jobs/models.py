@@ -7,23 +7,14 @@ extends the lease while it lives, and a job whose lease ran out goes back to the
 
 import secrets
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Index, String, TypeDecorator
 from sqlmodel import Field, SQLModel
 
+from openseek_nanochat.jobstates import FINISHED as FINISHED
+from openseek_nanochat.jobstates import JobState as JobState
 
-class JobState(StrEnum):  # a str whose f-string is its value ("queued"), as messages need
-    queued = "queued"
-    running = "running"
-    cancelling = "cancelling"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-
-FINISHED = (JobState.succeeded, JobState.failed, JobState.cancelled)
 OWNED = (JobState.running, JobState.cancelling)  # states in which a worker holds the job
 
 
