@@ -1,6 +1,8 @@
 """Hugging Face datasets through the `datasets` library: hub ids (need network) or local dataset directories.
 
-Batches come out as Arrow tables (`with_format("arrow")`), so no row becomes a Python dict. Cursor: {"row": n}.
+Batches come out as Arrow tables (`with_format("arrow")`), so no row becomes a Python dict. Cursor: {"row": n}, and
+for a stream also {"stream": its `state_dict()`}: `datasets` resumes from it at the file the cursor is in (less the
+chunk it was rebatching), never from the first file.
 A directory written by `Dataset.save_to_disk` is opened with `load_from_disk`; any other directory or hub id through
 `load_dataset_builder`. Every data file a local directory resolves to (its README's `configs: data_files` may point
 anywhere) must lie under the input roots: checked before anything is read, each time the dataset is opened.
@@ -131,12 +133,24 @@ class HFTextSource:
 
         row = cursor["row"] if cursor else 0
         ds = self._load(self.spec.streaming)
-        if row:
-            ds = ds.skip(row) if hasattr(ds, "skip") and not hasattr(ds, "__len__") else ds.select(range(row, len(ds)))
+        streaming = not hasattr(ds, "__len__")
+        if row and not streaming:
+            ds = ds.select(range(row, len(ds)))  # an index over the Arrow table: nothing before it is read
+        elif row and "stream" not in cursor:
+            ds = ds.skip(row)  # a cursor recorded before streams kept their state: read up to it, unparsed
         ds = ds.select_columns(needed_columns(self.spec)) if ds.column_names else ds
-        total = len(ds) + row if hasattr(ds, "__len__") else None
-        for table in ds.with_format("arrow").iter(batch_size=ROWS_PER_BATCH):
-            batch = Batch(cursor={"row": row}, texts=select_text(table, self.spec, self.spec.dataset))
+        ds = ds.with_format("arrow")
+        if row and streaming and "stream" in cursor:
+            ds.load_state_dict(cursor["stream"])
+        total = len(ds) + row if not streaming else None
+        tables = ds.iter(batch_size=ROWS_PER_BATCH)
+        while True:
+            # A stream's own state where this batch starts: a resume opens no data file wholly before it.
+            at = {"row": row, "stream": ds.state_dict()} if streaming else {"row": row}
+            table = next(tables, None)
+            if table is None:
+                return
+            batch = Batch(cursor=at, texts=select_text(table, self.spec, self.spec.dataset))
             row += table.num_rows
             batch.progress = row / total if total else None
             yield batch
