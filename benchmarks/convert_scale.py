@@ -14,10 +14,18 @@ document), converted with a `max_chars` budget of half of it:
 Each conversion runs in a fresh process that reports its own wall time and peak RSS; runs alternate across layouts
 (--repeat), the best wall time and the highest peak counting. Ratios are against `1 part`, measured in the same run.
 
+--processes compares instead a conversion in 2 processes with one in 1 (`processes` in the spec), on a JSONL corpus
+of --jsonl-mb (benchmarks/convert.py's) and on the `config, 38 parts` miniature of --mb, and the JSONL one in 2
+processes with the Arrow-native ceiling (pyarrow.json streaming read straight into a zstd ParquetWriter, no shuffle).
+datatrove (JsonlReader -> ParquetWriter) would be a third column, but it is not among the project's pinned
+dependencies (requirements-dev.lock), so it is left out rather than installed for the benchmark.
+
     .venv/bin/python benchmarks/convert_scale.py [--mb 500] [--repeat 2] [--workdir bench-data/scale]
+    .venv/bin/python benchmarks/convert_scale.py --processes [--jsonl-mb 200] [--mb 200] [--repeat 2]
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -103,34 +111,52 @@ def child(spec_file: str) -> None:
     from openseek_nanochat.convert.sources import megatron  # noqa: F401
     from openseek_nanochat.convert.spec import ConvertSpec
 
-    spec = ConvertSpec.model_validate_json(Path(spec_file).read_text())
-    start = time.perf_counter()
-    manifest = convert(spec)
+    spec = json.loads(Path(spec_file).read_text())
+    start, cpu_before = time.perf_counter(), cpu_seconds()
+    if spec.get("ceiling"):
+        jsonl_bench().ceiling(spec["ceiling"], spec["output_dir"])
+        chars = None
+    else:
+        chars = convert(ConvertSpec.model_validate(spec))["totals"]["chars"]
     wall = time.perf_counter() - start
     print(
         json.dumps(
             {
                 "wall_s": wall,
-                "chars": manifest["totals"]["chars"],
+                "cpu_s": cpu_seconds() - cpu_before,
+                "chars": chars,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "workers_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
             }
         )
     )
 
 
-def measure(work: Path, name: str, source: dict, budget: int) -> dict:
-    folder = work / slug(name)
+def cpu_seconds() -> float:
+    """CPU time of this process's threads and of its finished children (the shard writers), user and system."""
+    own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
+
+
+def jsonl_bench():
+    """benchmarks/convert.py, for its corpus and its ceiling (a script beside this one, not a package)."""
+    spec = importlib.util.spec_from_file_location("convert_bench", Path(__file__).with_name("convert.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def megatron_spec(work: Path, name: str, source: dict, budget: int) -> dict:
+    source = json.loads(json.dumps(source).replace("{dir}", str(work / slug(name))))
+    return {"sources": [{"type": "megatron", **source}], "max_chars": budget, "chars_per_shard": 50_000_000}
+
+
+def measure(work: Path, name: str, spec: dict) -> dict:
+    """One conversion (or the ceiling: {"ceiling": corpus}) in a fresh process, into a fresh output dir."""
     out = work / "data" / "datasets" / "out"
     subprocess.run(["rm", "-rf", str(out)], check=True)
-    source = json.loads(json.dumps(source).replace("{dir}", str(folder)))
-    spec = {
-        "sources": [{"type": "megatron", **source}],
-        "output_dir": str(out),
-        "max_chars": budget,
-        "chars_per_shard": 50_000_000,
-    }
     spec_file = work / "spec.json"
-    spec_file.write_text(json.dumps(spec))
+    spec_file.write_text(json.dumps({**spec, "output_dir": str(out)}))
     env = {
         **os.environ,
         "OPENSEEK_NANOCHAT_DATA_DIR": str(work / "data"),
@@ -144,6 +170,73 @@ def measure(work: Path, name: str, source: dict, budget: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def best(runs: list[dict]) -> dict:
+    return {
+        "wall_s": min(r["wall_s"] for r in runs),
+        "cpu_s": min(r["cpu_s"] for r in runs),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "workers_peak_rss_mb": max(r["workers_peak_rss_mb"] for r in runs),
+    }
+
+
+def processes_table(work: Path, args) -> None:
+    """2 processes against 1, on JSONL and on Megatron parts; the JSONL one against the Arrow-native ceiling."""
+    corpus = work / f"corpus_{args.jsonl_mb}mb.jsonl"
+    work.mkdir(parents=True, exist_ok=True)
+    jsonl_bench().make_corpus(corpus, args.jsonl_mb)
+    name = "config, 38 parts"
+    sizes, source = layouts(args.mb * 1_000_000)[name]
+    build(work, {name: (sizes, source)}, args.mb)
+    jsonl = {"sources": [{"type": "files", "paths": [str(corpus)]}], "chars_per_shard": 50_000_000}
+    megatron = megatron_spec(work, name, source, args.mb * 1_000_000 // 2)
+    cases = {
+        ("jsonl", "ceiling"): {"ceiling": str(corpus)},
+        ("jsonl", "1 process"): {**jsonl, "processes": 1},
+        ("jsonl", "2 processes"): {**jsonl, "processes": 2},
+        ("megatron", "1 process"): {**megatron, "processes": 1},
+        ("megatron", "2 processes"): {**megatron, "processes": 2},
+    }
+    runs = {case: [] for case in cases}
+    for _ in range(args.repeat):  # alternate, so a burst of load on this shared machine hits all alike
+        for case, spec in cases.items():
+            runs[case].append(measure(work, " ".join(case), spec))
+    results = {case: best(rs) for case, rs in runs.items()}
+    mb = {"jsonl": corpus.stat().st_size / 1e6, "megatron": args.mb / 2}
+    print(
+        f"JSONL {mb['jsonl']:,.0f} MB (shuffle on); Megatron `{name}` {args.mb} M chars, max_chars half of it; "
+        f"chars_per_shard 50M; best of {args.repeat}; {os.cpu_count()} cores (affinity {len(os.sched_getaffinity(0))})"
+    )
+    print(
+        "| input | run | wall s | MB/s | vs 1 process | vs ceiling | cores busy (CPU s / wall s) | peak RSS MB (main) "
+        "| peak RSS MB (a worker) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (kind, what), r in results.items():
+        wall = r["wall_s"]
+        vs_one = f"{results[(kind, '1 process')]['wall_s'] / wall:.2f}x" if what != "ceiling" else "-"
+        vs_ceiling = f"{results[('jsonl', 'ceiling')]['wall_s'] / wall:.2f}x" if kind == "jsonl" else "-"
+        print(
+            f"| {kind} | {what} | {wall:.2f} | {mb[kind] / wall:.0f} | {vs_one} | {vs_ceiling} | "
+            f"{r['cpu_s'] / wall:.2f} | {r['peak_rss_mb']:,.0f} | {r['workers_peak_rss_mb']:,.0f} |"
+        )
+    print("datatrove (JsonlReader -> ParquetWriter): not measured, it is not in requirements-dev.lock")
+    print("target on 2 cores: 2 processes >= 1.6x 1 process")
+
+
+def build(work: Path, chosen: dict, mb: int) -> None:
+    """Write each layout's parts once per size (a stamp file marks a finished build)."""
+    pool = None
+    for i, (name, (sizes, _)) in enumerate(chosen.items()):
+        stamp = work / slug(name) / f".built-{mb}"
+        if not stamp.exists():
+            pool = pool or document_pool()
+            subprocess.run(["rm", "-rf", str(work / slug(name))], check=True)
+            started = time.perf_counter()
+            write_layout(work / slug(name), sizes, pool, seed=i)
+            stamp.touch()
+            print(f"built {name}: {len(sizes)} parts in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+
 def slug(name: str) -> str:
     return name.replace(",", "").replace(" ", "_")
 
@@ -154,27 +247,22 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs of each, alternating; the best wall time counts")
     parser.add_argument("--only", nargs="*", help="layouts to run (default: all)")
     parser.add_argument("--workdir", default=str(REPO / "bench-data" / "scale"))
+    parser.add_argument("--processes", action="store_true", help="2 processes against 1, and against the ceiling")
+    parser.add_argument("--jsonl-mb", type=int, default=200, help="size of the JSONL corpus for --processes")
     parser.add_argument("--child")
     args = parser.parse_args()
     if args.child:
         return child(args.child)
     work = Path(args.workdir).resolve()
+    if args.processes:
+        return processes_table(work, args)
     total = args.mb * 1_000_000
     chosen = {k: v for k, v in layouts(total).items() if not args.only or k in args.only or k == "1 part"}
-    pool = None
-    for i, (name, (sizes, _)) in enumerate(chosen.items()):
-        stamp = work / slug(name) / f".built-{args.mb}"
-        if not stamp.exists():
-            pool = pool or document_pool()
-            subprocess.run(["rm", "-rf", str(work / slug(name))], check=True)
-            started = time.perf_counter()
-            write_layout(work / slug(name), sizes, pool, seed=i)
-            stamp.touch()
-            print(f"built {name}: {len(sizes)} parts in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    build(work, chosen, args.mb)
     runs = {name: [] for name in chosen}
     for _ in range(args.repeat):  # alternate, so a burst of load on this shared machine hits all alike
         for name, (_, source) in chosen.items():
-            runs[name].append(measure(work, name, source, total // 2))
+            runs[name].append(measure(work, name, megatron_spec(work, name, source, total // 2)))
     results = {
         name: {
             "wall_s": min(r["wall_s"] for r in rs),

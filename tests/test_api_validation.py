@@ -172,3 +172,10 @@ def test_two_unfinished_jobs_cannot_write_one_folder(server):
     )
     client.post(f"/jobs/{first['id']}/cancel")
     assert client.post("/jobs/convert", json={**spec, "seed": 1}).status_code == 202
+
+
+def test_processes_below_one(server):
+    body = {"sources": [files_source(GSM8K, text_column="question")], "processes": 0}
+    [error] = detail(server.client.post("/jobs/convert", json=body))
+    assert error["type"] == "greater_than_equal" and error["loc"] == ["body", "processes"]
+    assert error["msg"] == "Input should be greater than or equal to 1"

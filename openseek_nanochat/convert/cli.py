@@ -14,6 +14,11 @@ FLAG_HELP = "the OpenSeek example's flags; they build the spec when no SPEC file
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", nargs="?", help="a ConvertSpec JSON file, or - for stdin")
     parser.add_argument("--events", action="store_true", help="print progress events (for workers) instead of a bar")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        help="processes to convert in (default: the spec's, else all cores); the output is the same for any number",
+    )
     flags = parser.add_argument_group("spec from flags", FLAG_HELP)
     flags.add_argument("--dataset", help="a Hugging Face dataset id, a local dataset dir, or files/globs")
     flags.add_argument("--num-shards", type=int, help="shards to create, the val shard included (-1: all data)")
@@ -106,6 +111,13 @@ def load_spec_dict(args: argparse.Namespace) -> dict:
         raise SystemExit(f"{args.spec}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
 
 
+def with_processes(spec: dict, args: argparse.Namespace) -> dict:
+    """--processes overrides the spec's: how a run is spread over cores is the machine's business, not the data's."""
+    if args.processes is not None and isinstance(spec, dict):
+        spec = {**spec, "processes": args.processes}
+    return spec
+
+
 class ProgressBar:
     def __init__(self):
         from tqdm import tqdm
@@ -136,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     from openseek_nanochat.paths import PathPolicyError
 
     try:
-        spec = ConvertSpec.model_validate(load_spec_dict(args))
+        spec = ConvertSpec.model_validate(with_processes(load_spec_dict(args), args))
     except ValidationError as e:
         print(f"invalid spec: {e}", file=sys.stderr)
         return 2

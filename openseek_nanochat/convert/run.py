@@ -6,6 +6,8 @@ Order of events for a run into `output_dir`:
   3. Each completed train shard is renamed into place, then the manifest records it with a resume point: the stream
      position of the next document and the state of the block holding it.
   4. At the end the ring is split: the last `val_count` documents are the validation shard (the last file).
+With `processes` > 1, worker processes compress and flush shards while this one reads and mixes; shards are still
+renamed and recorded one by one in order, so the number of processes changes nothing that is written.
 A re-run reads the manifest, regenerates the stream from the last resume point and produces the same bytes as an
 uninterrupted run; a different spec or changed inputs are refused rather than mixed.
 """
@@ -24,6 +26,7 @@ from openseek_nanochat.convert import fence
 from openseek_nanochat.convert.manifest import Manifest
 from openseek_nanochat.convert.mixture import DocStream
 from openseek_nanochat.convert.prefetch import prefetch
+from openseek_nanochat.convert.shard_pool import ShardPool, available_cores
 from openseek_nanochat.convert.shards import ShardInfo, ShardWriter
 from openseek_nanochat.convert.sources import build_sources
 from openseek_nanochat.convert.spec import ConvertSpec
@@ -158,6 +161,8 @@ class _Run:
             max_docs=spec.max_docs,
             max_chars=spec.max_chars,
         )
+        processes = spec.processes or available_cores()
+        pool = ShardPool(processes) if processes > 1 else None
         writer = ShardWriter(
             self.out,
             num_sources=len(self.sources),
@@ -166,22 +171,27 @@ class _Run:
             rows_per_shard=spec.rows_per_shard,
             first_index=len(self.manifest.shards),
             before_publish=self.manifest.check_fence,
+            pool=pool,
         )
         try:
             return self._write(writer)
         finally:
             writer.abort()
+            if pool is not None:
+                pool.close()
 
     def _write(self, writer: ShardWriter) -> dict:
         spec, manifest = self.spec, self.manifest
         resume_from = manifest.resume_from
         w = resume_from["stream_docs"] if resume_from else 0  # stream index of the next train document
+        first = w
         start = resume_from["block"] if resume_from else None
         self.fed = w
         ring: list[pa.Table] = []
         ring_rows = 0
         train_limit = spec.max_shards - 1 if spec.max_shards else None
-        stopped_by_shards = train_limit is not None and len(manifest.shards) >= train_limit
+        # The limit counts shards closed, not only published ones: workers may still be writing the last of them.
+        stopped_by_shards = train_limit is not None and writer.index >= train_limit
 
         for block in prefetch(self.stream.blocks(start)):
             table = block.table
@@ -197,7 +207,7 @@ class _Run:
                 for info in writer.add(group):
                     w += info.rows
                     self._shard_done(info, w)
-                    stopped_by_shards = train_limit is not None and len(manifest.shards) >= train_limit
+                stopped_by_shards = train_limit is not None and writer.index >= train_limit
             self._progress()
             if stopped_by_shards and ring_rows >= self.holdback:
                 break
@@ -205,10 +215,14 @@ class _Run:
         tail = pa.concat_tables(ring) if ring else None
         tail_rows = tail.num_rows if tail is not None else 0
         if stopped_by_shards:
+            for info in writer.drain():
+                w += info.rows
+                self._shard_done(info, w)
             val_count = spec.val_docs or auto_val_count(w)
             val = tail.slice(0, val_count) if tail is not None else None
         else:
-            total = w + tail_rows
+            # Counted from the shards closed, not those published: with workers, some may still be in flight.
+            total = first + writer.closed_rows + tail_rows
             val_count = spec.val_docs or auto_val_count(total)
             if total <= val_count or tail_rows < val_count:
                 raise InputError(

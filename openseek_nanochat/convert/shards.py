@@ -4,24 +4,22 @@ Layout: `shard_00000.parquet`, `shard_00001.parquet`, ...; one `text` column; zs
 rows; the last shard is the validation split. A shard is written under atomic.py's hidden temp name and published
 (fsync, rename, fsync of the folder) when complete, so a reader never sees half a shard. A train shard closes at the
 first row-group boundary at or past the size target (nanochat's loaders stride row groups across ranks, so full row
-groups matter).
+groups matter). Shards are written here or by worker processes (shard_pool.py), to the same bytes either way.
 """
 
-import hashlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from openseek_nanochat.atomic import fsync_file, publish, temp_path
+from openseek_nanochat.atomic import publish, temp_path
+from openseek_nanochat.convert.shard_file import ShardFile, pack
+from openseek_nanochat.convert.shard_pool import ShardPool
 
 VAL_MIN_ROW_GROUPS = 8  # enough for one node of 8 GPUs
-SCHEMA = pa.schema([pa.field("text", pa.string())])
-# Fixed writer settings: together with a deterministic document order they make re-runs byte-identical.
-WRITER_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=False, write_statistics=False)
 
 
 def shard_name(index: int) -> str:
@@ -32,14 +30,6 @@ def list_shards(folder: Path) -> list[Path]:
     """The shards of a dataset in order, the validation shard last: nanochat's own rule (every `*.parquet`, sorted by
     name), without the hidden files a write in progress uses."""
     return sorted(p for p in Path(folder).iterdir() if p.name.endswith(".parquet") and not p.name.startswith("."))
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -61,7 +51,13 @@ class ShardInfo:
 
 
 class ShardWriter:
-    """Takes documents in order (tables with text, source, chars) and writes shards as they fill."""
+    """Takes documents in order (tables with text, source, chars) and writes shards as they fill.
+
+    Where each shard ends is decided here, from the rows and characters alone. With a `pool`, a closed shard's row
+    groups go to a worker process and the calls that complete shards return those published so far, in order (at
+    most `pool.processes` shards are in flight: the main process waits for the oldest before closing another).
+    `index` counts the shards closed, published or not (what a shard limit checks), `closed_rows` their rows.
+    """
 
     def __init__(
         self,
@@ -73,6 +69,7 @@ class ShardWriter:
         rows_per_shard: int | None,
         first_index: int = 0,
         before_publish: Callable[[], None] | None = None,
+        pool: ShardPool | None = None,
     ):
         self.out_dir = out_dir
         self.before_publish = before_publish  # the run's fencing check (fence.py): it raises to stop a rename
@@ -80,51 +77,61 @@ class ShardWriter:
         self.row_group_size = row_group_size
         self.chars_per_shard = chars_per_shard
         self.rows_per_shard = rows_per_shard
+        self.pool = pool
         self.index = first_index
+        self.closed_rows = 0
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
-        self._open = None  # (writer, tmp path, counters) of the shard being written
+        self._open = None  # (ShardFile here, or the packed row groups for a worker; final path; counters)
+        self._in_flight: deque = deque()  # (future, final path, counters, split) of shards written by workers
 
     # -- feeding --------------------------------------------------------------------------------------------------
     def add(self, table: pa.Table) -> list[ShardInfo]:
-        """Queue documents; write every full row group; return the shards completed by this call."""
+        """Queue documents; write every full row group; return the shards published by this call."""
         done = []
         if table.num_rows:
             self._pending.append(table)
             self._pending_rows += table.num_rows
         while self._pending_rows >= self.next_group_rows():
-            info = self._write_group(self._take(self.next_group_rows()), split="train")
-            if info:
-                done.append(info)
-        return done
+            done += self._write_group(self._take(self.next_group_rows()), split="train")
+        return done + self._collect(wait=False)
 
     def finish(self) -> list[ShardInfo]:
-        """Flush what is queued into the last train shard (a short final row group)."""
+        """Flush what is queued into the last train shard (a short final row group); wait for every shard."""
         done = []
         if self._pending_rows:
-            info = self._write_group(self._take(self._pending_rows), split="train")
-            if info:
-                done.append(info)
+            done += self._write_group(self._take(self._pending_rows), split="train")
         if self._open is not None:
-            done.append(self._close("train"))
-        return done
+            done += self._close("train")
+        return done + self.drain()
+
+    def drain(self) -> list[ShardInfo]:
+        """Wait for the shards in flight and publish them, in order."""
+        return self._collect(wait=True)
 
     def write_val(self, table: pa.Table) -> ShardInfo:
         """The validation shard, in at least VAL_MIN_ROW_GROUPS row groups where it has the rows: nanochat's loaders
         give each rank its own row groups of the validation shard, so one big group would leave ranks without data."""
-        assert self._open is None and not self._pending_rows
+        assert self._open is None and not self._pending_rows and not self._in_flight
         group_rows = max(1, min(self.row_group_size, -(-table.num_rows // VAL_MIN_ROW_GROUPS)))
         for start in range(0, table.num_rows, group_rows):
             self._append(table.slice(start, group_rows))
-        return self._close("val")
+        (info,) = self._close("val") + self.drain()
+        return info
 
     def abort(self) -> None:
-        """Drop the shard being written: a failed run must not leave half a shard behind, even under a temp name."""
+        """Drop the shards not yet published: a failed run must not leave half a shard behind, even under a temp
+        name. A worker's shard is removed once its worker is done with it."""
         if self._open is not None:
-            writer, tmp, _ = self._open
-            writer.close()
-            tmp.unlink(missing_ok=True)
+            shard = self._open[0]
+            if isinstance(shard, ShardFile):
+                shard.discard()
             self._open = None
+        for future, final, _, _ in self._in_flight:
+            if not future.cancel():
+                future.exception()  # wait: the file is the worker's until it returns
+            temp_path(final).unlink(missing_ok=True)
+        self._in_flight.clear()
 
     # -- internals ------------------------------------------------------------------------------------------------
     def next_group_rows(self) -> int:
@@ -140,7 +147,7 @@ class ShardWriter:
         self._pending_rows = rest.num_rows
         return head
 
-    def _write_group(self, group: pa.Table, split: str) -> ShardInfo | None:
+    def _write_group(self, group: pa.Table, split: str) -> list[ShardInfo]:
         self._append(group)
         counters = self._open[2]
         full = (
@@ -148,11 +155,11 @@ class ShardWriter:
             if self.rows_per_shard
             else (counters["chars"] >= self.chars_per_shard and counters["rows"] % self.row_group_size == 0)
         )
-        return self._close(split) if full else None
+        return self._close(split) if full else []
 
     def _append(self, group: pa.Table) -> None:
         if self._open is None:
-            tmp = temp_path(self.out_dir / shard_name(self.index))
+            final = self.out_dir / shard_name(self.index)
             counters = {
                 "rows": 0,
                 "chars": 0,
@@ -160,10 +167,13 @@ class ShardWriter:
                 "source_docs": np.zeros(self.num_sources, np.int64),
                 "source_chars": np.zeros(self.num_sources, np.int64),
             }
-            self._open = (pq.ParquetWriter(tmp, SCHEMA, **WRITER_OPTIONS), tmp, counters)
-        writer, _, counters = self._open
+            self._open = ([] if self.pool else ShardFile(temp_path(final)), final, counters)
+        shard, _, counters = self._open
         text = group.column("text").cast(pa.string())
-        writer.write_table(pa.table({"text": text}, schema=SCHEMA), row_group_size=max(1, group.num_rows))
+        if self.pool:
+            shard.append(pack(text))  # a copy of just these rows: the block they came from can go
+        else:
+            shard.write(text)
         sources = group.column("source").to_numpy()
         chars = group.column("chars").to_numpy()
         counters["rows"] += group.num_rows
@@ -172,25 +182,48 @@ class ShardWriter:
         counters["source_docs"] += np.bincount(sources, minlength=self.num_sources)
         counters["source_chars"] += np.bincount(sources, weights=chars, minlength=self.num_sources).astype(np.int64)
 
-    def _close(self, split: str) -> ShardInfo:
-        writer, tmp, counters = self._open
-        writer.close()
-        fsync_file(tmp)
-        final = self.out_dir / shard_name(self.index)
+    def _close(self, split: str) -> list[ShardInfo]:
+        shard, final, counters = self._open
+        self.closed_rows += counters["rows"]
+        if not self.pool:
+            info = self._publish(final, counters, split, shard.close)
+            self._open = None
+            self.index += 1
+            return [info]
+        self._open = None
+        self.index += 1
+        done = self._collect(wait=False, room=True)
+        self._in_flight.append((self.pool.submit(temp_path(final), shard), final, counters, split))
+        return done
+
+    def _collect(self, wait: bool, room: bool = False) -> list[ShardInfo]:
+        """Publish the finished shards at the head of the queue: all of them (`wait`), or those done, waiting for
+        the oldest while there is no `room` for one more."""
+        done = []
+        while self._in_flight:
+            future, final, counters, split = self._in_flight[0]
+            if not (wait or future.done() or (room and len(self._in_flight) >= self.pool.processes)):
+                break
+            info = self._publish(final, counters, split, future.result)
+            self._in_flight.popleft()
+            done.append(info)
+        return done
+
+    def _publish(self, final: Path, counters: dict, split: str, written: Callable[[], tuple[int, str]]) -> ShardInfo:
+        """Rename the shard into place once `written()` (its bytes and sha256) returns and the fence allows it. On
+        any failure the shard stays in the writer's hands (`_open` or `_in_flight`), and `abort` removes it."""
+        size, sha256 = written()
         if self.before_publish is not None:
             self.before_publish()
-        publish(tmp, final)
-        info = ShardInfo(
+        publish(temp_path(final), final)
+        return ShardInfo(
             file=final.name,
             rows=counters["rows"],
             chars=counters["chars"],
-            bytes=final.stat().st_size,
+            bytes=size,
             row_groups=counters["row_groups"],
-            sha256=sha256_of(final),
+            sha256=sha256,
             split=split,
             source_docs=counters["source_docs"].tolist(),
             source_chars=counters["source_chars"].tolist(),
         )
-        self._open = None
-        self.index += 1
-        return info

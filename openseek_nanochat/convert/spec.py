@@ -288,6 +288,13 @@ class ConvertSpec(StrictModel):
     on_error: Literal["fail", "skip"] = Field(
         default="fail", description="A malformed record: fail naming file:line, or skip it and count it."
     )
+    processes: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Processes the conversion runs in (shards are compressed in parallel). Default: all cores. "
+        "The output is the same for any number, and a run may be resumed with another.",
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -305,5 +312,6 @@ class ConvertSpec(StrictModel):
     )
 
     def fingerprint_fields(self) -> dict:
-        """The parts of the spec that shape the output; a resume must agree on all of them."""
-        return self.model_dump(mode="json", exclude={"name"})
+        """The parts of the spec that shape the output; a resume must agree on all of them. `processes` shapes
+        nothing (the plan of blocks and shards never depends on it), so a run may resume with another count."""
+        return self.model_dump(mode="json", exclude={"name", "processes"})

@@ -1,0 +1,172 @@
+"""Every core busy, same bytes: a conversion in 1, 2 or 3 processes writes the same shards and the same manifest, and
+a run interrupted with one count and resumed with another ends as an uninterrupted one."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import types
+
+import psutil
+import pytest
+
+from openseek_nanochat.convert import manifest as manifest_module
+from openseek_nanochat.convert.spec import ConvertSpec
+
+from convertutil import run_spec, shard_bytes
+from serverutil import shakespeare_jsonl
+from test_convert_resume import Crash, crash_after
+
+
+@pytest.fixture(autouse=True)
+def fixed_clock(monkeypatch):
+    """The manifest's `updated_at` is the only thing in it that depends on when a run happened: fixed, so manifests
+    compare byte for byte."""
+    monkeypatch.setattr(manifest_module, "time", types.SimpleNamespace(time=lambda: 0.0))
+
+
+@pytest.fixture
+def jsonl_spec(shared_data, data_dir):
+    # Two sources mixed and shuffled in blocks smaller than shards and shards smaller than blocks: ~15 train shards.
+    corpus = shakespeare_jsonl(data_dir / "shakespeare.jsonl", copies=2)
+    return {
+        "sources": [
+            {"type": "files", "paths": [str(corpus)]},
+            {
+                "type": "files",
+                "paths": [str(shared_data / "jsonl/gsm8k.jsonl")],
+                "text_template": "{question}\n{answer}",
+                "weight": 0.5,
+            },
+        ],
+        "chars_per_shard": 200_000,
+        "row_group_size": 64,
+        "shuffle_buffer": 5000,
+    }  # val_docs left to its default, which depends on the number of documents written
+
+
+@pytest.fixture
+def megatron_spec(shared_data):
+    folder = shared_data / "megatron"
+    return {
+        "sources": [
+            {
+                "type": "megatron",
+                "data_path": [
+                    2.0,
+                    str(folder / "shakespeare_text_document"),
+                    1.0,
+                    str(folder / "cmath_text_document"),
+                    1.0,
+                    str(folder / "math500_text_document"),
+                ],
+                "tokenizer": {"type": "qwen", "path": str(shared_data / "qwen.tiktoken")},
+            }
+        ],
+        "chars_per_shard": 100_000,
+        "row_group_size": 32,
+        "shuffle_buffer": 1000,
+        "val_docs": 50,
+    }
+
+
+def files_of(folder) -> dict[str, bytes]:
+    """Every shard and the manifest, as bytes."""
+    return {**shard_bytes(folder), "manifest.json": (folder / "manifest.json").read_bytes()}
+
+
+def convert_as(spec: dict, datasets, name: str, **kwargs) -> dict[str, bytes]:
+    """Convert into one fixed output dir (the manifest names it), then keep what was written as `name`."""
+    out = datasets / "out"
+    run_spec({**spec, "output_dir": str(out)}, **kwargs)
+    files = files_of(out)
+    shutil.move(out, datasets / name)
+    return files
+
+
+def no_workers_left() -> bool:
+    """No worker outlives its run. multiprocessing's resource tracker stays, by design: one per process, it exits
+    when this process does."""
+    children = psutil.Process().children(recursive=True)
+    return not [c for c in children if "resource_tracker" not in " ".join(c.cmdline())]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "megatron"])
+def test_same_bytes_in_1_2_and_3_processes(kind, jsonl_spec, megatron_spec, datasets):
+    spec = jsonl_spec if kind == "jsonl" else megatron_spec
+    outputs = {n: convert_as({**spec, "processes": n}, datasets, f"p{n}") for n in (1, 2, 3)}
+    assert len(outputs[1]) > 6  # several train shards, a val shard and the manifest
+    assert outputs[2] == outputs[1]
+    assert outputs[3] == outputs[1]
+    assert no_workers_left()
+
+
+def test_same_bytes_when_stopped_by_max_shards(jsonl_spec, datasets):
+    spec = {**jsonl_spec, "max_shards": 5}
+    one = convert_as({**spec, "processes": 1}, datasets, "p1")
+    three = convert_as({**spec, "processes": 3}, datasets, "p3")
+    assert len(one) == 6 and three == one
+
+
+@pytest.mark.parametrize(("before", "after"), [(1, 3), (3, 1), (2, 2)])
+@pytest.mark.parametrize("crash_at", [1, 6])
+def test_resume_with_another_number_of_processes(jsonl_spec, datasets, before, after, crash_at):
+    clean = convert_as({**jsonl_spec, "processes": 2}, datasets, "clean")
+    out = datasets / "out"
+    with pytest.raises(Crash):
+        run_spec({**jsonl_spec, "processes": before, "output_dir": str(out)}, on_progress=crash_after(crash_at))
+    partial = json.loads((out / "manifest.json").read_text())
+    assert not partial["complete"] and len(partial["shards"]) == crash_at
+    assert not list(out.glob(".*.tmp")), "a shard in flight when the run failed was left behind"
+    assert no_workers_left()
+    run_spec({**jsonl_spec, "processes": after, "output_dir": str(out)})
+    assert files_of(out) == clean
+
+
+def test_processes_is_not_in_the_fingerprint(jsonl_spec):
+    one = ConvertSpec.model_validate({**jsonl_spec, "processes": 1})
+    many = ConvertSpec.model_validate({**jsonl_spec, "processes": 7})
+    assert "processes" not in one.fingerprint_fields()
+    assert one.fingerprint_fields() == many.fingerprint_fields() == ConvertSpec(**jsonl_spec).fingerprint_fields()
+
+
+def test_processes_below_one_is_refused(jsonl_spec):
+    with pytest.raises(ValueError, match="processes\n  Input should be greater than or equal to 1"):
+        ConvertSpec.model_validate({**jsonl_spec, "processes": 0})
+
+
+def test_cli_processes_flag(jsonl_spec, datasets, tmp_path):
+    expected = convert_as({**jsonl_spec, "processes": 1}, datasets, "p1")
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps({**jsonl_spec, "output_dir": str(datasets / "out")}))
+    command = [sys.executable, "-m", "openseek_nanochat.cli", "convert", str(spec_file), "--events"]
+    refused = subprocess.run(command + ["--processes", "0"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "processes" in refused.stderr and "greater than or equal to 1" in refused.stderr
+    done = subprocess.run(command + ["--processes", "3"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    written = files_of(datasets / "out")
+    # Only the manifest's clock differs (a separate process, not fixed by this test's fixture).
+    manifest, expected_manifest = json.loads(written.pop("manifest.json")), json.loads(expected.pop("manifest.json"))
+    assert written == expected
+    assert {**manifest, "updated_at": 0} == {**expected_manifest, "updated_at": 0}
+
+
+def test_workers_die_with_a_killed_conversion(jsonl_spec, datasets, tmp_path):
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps({**jsonl_spec, "chars_per_shard": 50_000, "output_dir": str(datasets / "out")}))
+    command = [sys.executable, "-m", "openseek_nanochat.cli", "convert", str(spec_file), "--events", "--processes", "2"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        workers = []
+        deadline = time.time() + 60
+        while not workers and time.time() < deadline and proc.poll() is None:
+            children = psutil.Process(proc.pid).children()
+            workers = [c for c in children if "resource_tracker" not in " ".join(c.cmdline())]
+            time.sleep(0.01)
+        assert workers, "the conversion ended before it started a worker"
+    finally:
+        proc.kill()
+        proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, f"workers outlived their conversion: {alive}"
