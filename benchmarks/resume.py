@@ -15,13 +15,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from convert import make_corpus  # benchmarks/convert.py: the JSONL corpus every conversion benchmark reads
 
 from openseek_nanochat.convert.sources.files import FilesTextSource
 from openseek_nanochat.convert.sources.hf import HFTextSource
 from openseek_nanochat.convert.spec import FilesSource, HFSource
 from openseek_nanochat.settings import get_settings
-
-from convert import make_corpus  # benchmarks/convert.py: the JSONL corpus every conversion benchmark reads
 
 
 def timed(batches) -> tuple[float, int]:

@@ -26,7 +26,7 @@ from openseek_nanochat.convert import fence
 from openseek_nanochat.convert.manifest import Manifest
 from openseek_nanochat.convert.mixture import DocStream
 from openseek_nanochat.convert.prefetch import prefetch
-from openseek_nanochat.convert.shard_pool import ShardPool, available_cores
+from openseek_nanochat.convert.shard_pool import ShardPool
 from openseek_nanochat.convert.shards import ShardInfo, ShardWriter
 from openseek_nanochat.convert.sources import build_sources
 from openseek_nanochat.convert.spec import ConvertSpec
@@ -161,8 +161,7 @@ class _Run:
             max_docs=spec.max_docs,
             max_chars=spec.max_chars,
         )
-        processes = spec.processes or available_cores()
-        pool = ShardPool(processes) if processes > 1 else None
+        pool = ShardPool(spec.processes) if spec.processes > 1 else None
         writer = ShardWriter(
             self.out,
             num_sources=len(self.sources),

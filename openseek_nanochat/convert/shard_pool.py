@@ -21,14 +21,6 @@ from openseek_nanochat import procs
 from openseek_nanochat.convert.shard_file import ShardFile, unpack
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. under taskset or a container's cpuset)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def write_shard(tmp: str, groups: list[bytes]) -> tuple[int, str]:
     """In a worker: the shard at `tmp` from its packed row groups; returns (bytes, sha256)."""
     shard = ShardFile(Path(tmp))

@@ -288,12 +288,14 @@ class ConvertSpec(StrictModel):
     on_error: Literal["fail", "skip"] = Field(
         default="fail", description="A malformed record: fail naming file:line, or skip it and count it."
     )
-    processes: int | None = Field(
-        default=None,
+    processes: int = Field(
+        default=1,
         ge=1,
         le=1024,
-        description="Processes the conversion runs in (shards are compressed in parallel). Default: all cores. "
-        "The output is the same for any number, and a run may be resumed with another.",
+        description="Processes the conversion runs in: above 1, worker processes compress and write shards while the "
+        "job process reads and mixes. The output is the same for any number, and a run may be resumed with another. "
+        "Default 1: reading and mixing is the bottleneck today, and on 2 cores 2 processes measured slower than one "
+        "(benchmarks/convert_scale.py --processes).",
     )
 
     model_config = ConfigDict(
