@@ -81,7 +81,6 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OPENSEEK_NANOCHAT_DATA_DIR", str(work / "data"))
     os.environ.setdefault("OPENSEEK_NANOCHAT_INPUT_ROOTS", str(work))
-    get_settings.cache_clear()
     rows = jsonl(work, args.mb) + hf(work, args.files)
     print(f"{'':58} {'seconds':>8}")
     for name, seconds in rows:
