@@ -65,5 +65,22 @@ def save_atomic(path: Path, save: Callable[[Path], None]) -> None:
 
 
 def write_json_atomic(path: Path, data) -> None:
-    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+    write_atomic(path, lambda f: f.write(readable_json(data).encode("utf-8")))
+
+
+def readable_json(data) -> str:
+    """JSON with each top-level field on a line of its own and each element of a top-level list too (a manifest's
+    shards, inputs, sources), everything inside compact.
+
+    Written this way, not with `indent`, because `indent` takes json's pure-Python encoder: a manifest over 1,000
+    Megatron parts (1 MB) took 0.3 s each time a shard was recorded, holding the GIL the reading thread needs."""
+    if not isinstance(data, dict):
+        return json.dumps(data, ensure_ascii=False) + "\n"
+    fields = []
+    for key, value in data.items():
+        if isinstance(value, list) and value:
+            items = ",\n".join(f"    {json.dumps(item, ensure_ascii=False)}" for item in value)
+            fields.append(f"  {json.dumps(key)}: [\n{items}\n  ]")
+        else:
+            fields.append(f"  {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}")
+    return "{\n" + ",\n".join(fields) + "\n}\n" if fields else "{}\n"

@@ -28,7 +28,7 @@ from openseek_nanochat.convert.mixture import DocStream
 from openseek_nanochat.convert.prefetch import prefetch
 from openseek_nanochat.convert.shard_pool import ShardPool
 from openseek_nanochat.convert.shards import ShardInfo, ShardWriter
-from openseek_nanochat.convert.sources import build_sources
+from openseek_nanochat.convert.sources import TextSource, build_sources
 from openseek_nanochat.convert.spec import ConvertSpec
 from openseek_nanochat.errors import InputError
 from openseek_nanochat.paths import check_dataset_output, datasets_dir
@@ -50,12 +50,18 @@ def default_output_dir(spec: ConvertSpec, settings: Settings, job_id: str | None
 
 def prepare(spec: ConvertSpec, settings: Settings | None = None, job_id: str | None = None) -> ConvertSpec:
     """Check everything knowable before any reading starts; return the spec with its output dir resolved."""
-    settings = settings or get_settings()
+    return _prepared(spec, settings or get_settings(), job_id)[0]
+
+
+def _prepared(spec: ConvertSpec, settings: Settings, job_id: str | None) -> tuple[ConvertSpec, list[TextSource]]:
+    """prepare(), and the checked sources: a run reads through these (a tokenizer loads once, 1,000 prefixes are
+    expanded and checked once)."""
     out = Path(spec.output_dir).expanduser() if spec.output_dir else default_output_dir(spec, settings, job_id)
     out = check_dataset_output(out, settings)
-    for source in build_sources(spec, settings):
+    sources = build_sources(spec, settings)
+    for source in sources:
         source.check()
-    return spec.model_copy(update={"output_dir": str(out)})
+    return spec.model_copy(update={"output_dir": str(out)}), sources
 
 
 def auto_val_count(total_docs: int) -> int:
@@ -131,14 +137,14 @@ class _Run:
     def __init__(
         self,
         spec: ConvertSpec,
-        settings: Settings,
+        sources: list[TextSource],
         on_progress: ProgressCallback | None,
         job_id: str | None,
         attempt: int | None,
     ):
         self.spec = spec
         self.out = Path(spec.output_dir)
-        self.sources = build_sources(spec, settings)
+        self.sources = sources
         self.manifest = Manifest(self.out, spec, self.sources, owner=job_id, attempt=attempt)
         self.holdback = spec.val_docs or AUTO_VAL_MAX
         self.progress = Progress(on_progress)
@@ -294,6 +300,6 @@ def convert(
     settings = settings or get_settings()
     job_id = job_id or os.environ.get(procs.JOB_ID_ENV)
     attempt = attempt if attempt is not None else procs.job_attempt()
-    spec = prepare(spec, settings, job_id)
+    spec, sources = _prepared(spec, settings, job_id)
     with fence.hold(Path(spec.output_dir)):
-        return _Run(spec, settings, on_progress, job_id, attempt).run()
+        return _Run(spec, sources, on_progress, job_id, attempt).run()
