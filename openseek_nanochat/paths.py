@@ -65,9 +65,23 @@ def is_dataset_dir(path: Path, settings: Settings) -> bool:
     return datasets_dir(settings).resolve() in path.parents
 
 
+def _resolve_folder(path: str | os.PathLike, field: str | None = None) -> Path:
+    """`path` resolved, if short enough to be recorded: the folders a job writes and reads are keys in the jobs
+    database, and PostgreSQL indexes at most ~2.7 KB a row."""
+    resolved = Path(path).expanduser().resolve()
+    size = len(os.fsencode(resolved))
+    if size > MAX_FOLDER_BYTES:
+        raise PathPolicyError(
+            f"path {str(path)[:80]!r}... is {size:,} bytes long resolved; a job's folders may be at most "
+            f"{MAX_FOLDER_BYTES:,}",
+            field,
+        )
+    return resolved
+
+
 def check_dataset_output(path: str | os.PathLike, settings: Settings) -> Path:
     """A conversion's output dir (the `output_dir` field), resolved: strictly inside `<data dir>/datasets/`."""
-    resolved = Path(path).expanduser().resolve()
+    resolved = _resolve_folder(path, "output_dir")
     if is_dataset_dir(resolved, settings):
         return resolved
     root, datasets = settings.resolved_data_dir, datasets_dir(settings)
@@ -86,7 +100,7 @@ def check_dataset_output(path: str | os.PathLike, settings: Settings) -> Path:
 def check_job_input(path: str | os.PathLike, settings: Settings, what: str = "input path") -> Path:
     """An input that an earlier job may have written (a train job's dataset or tokenizer): under the data dir or the
     input roots."""
-    resolved = Path(path).expanduser().resolve()
+    resolved = _resolve_folder(path)
     roots = [settings.resolved_data_dir, *settings.resolved_input_roots]
     if not any(_is_under(resolved, root) for root in roots):
         raise PathPolicyError(
@@ -111,6 +125,7 @@ def _outside_roots(path: str, settings: Settings) -> PathPolicyError:
 # --- globs -----------------------------------------------------------------------------------------------------------
 # Caps on expanding patterns, so that no request keeps the API busy or lists a whole disk. Constants, not settings: a
 # pattern that reaches one is better narrowed (or split over several sources) than the cap raised.
+MAX_FOLDER_BYTES = 2048  # a folder a job writes or reads, resolved, in the file system's encoding
 MAX_GLOB_MATCHES = 100_000  # per pattern
 MAX_GLOB_DEPTH = 64  # folders below the pattern's literal prefix
 GLOB_SECONDS = 10.0  # for all the patterns of a source

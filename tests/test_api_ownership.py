@@ -5,6 +5,7 @@ writes or reads."""
 
 import json
 import re
+import secrets
 import signal
 import threading
 from pathlib import Path
@@ -29,6 +30,7 @@ from serverutil import (
     wait_for_state,
     wait_until,
 )
+from storedjobs import small_train_spec
 
 GSM8K = str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")
 
@@ -310,3 +312,31 @@ def test_purge_is_refused_while_an_unfinished_job_uses_the_dataset(tmp_path):
             "kept": [],
         }
         assert not out.exists() and (server.data_dir / "jobs.db").is_file()
+
+
+def refuses_folders_too_long_to_record(server) -> None:
+    """A folder is a key in the jobs database: past what PostgreSQL can index, a 422 at the door, not a 503 from it."""
+    long = server.data_dir / "datasets" / "/".join(secrets.token_hex(100) for _ in range(15))  # 3,000+ bytes
+    response = server.client.post("/jobs/convert", json=tiny_spec(output_dir=str(long)))
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "output_dir"]
+    assert error["msg"].endswith(f"is {len(str(long)):,} bytes long resolved; a job's folders may be at most 2,048")
+    long.mkdir(parents=True)  # a folder of shards there would be read by a train job: refused the same way
+    response = server.client.post("/jobs/train", json=small_train_spec(long))
+    assert response.status_code == 422 and "a job's folders may be at most 2,048" in response.text
+    short = server.client.post("/jobs/convert", json=tiny_spec(output_dir=str(long)[:2000]))
+    assert short.status_code == 202, short.text
+
+
+def test_folders_too_long_to_record_are_422(server):
+    refuses_folders_too_long_to_record(server)
+
+
+@pytest.mark.needs("postgresql")
+def test_folders_too_long_to_record_are_422_on_postgresql(tmp_path):
+    with (
+        start_postgres() as url,
+        start_server(tmp_path / "data", workers=0, env={"OPENSEEK_NANOCHAT_DATABASE_URL": url}) as server,
+    ):
+        refuses_folders_too_long_to_record(server)
