@@ -111,8 +111,9 @@ function describe(s, name, xName) {
   const first = s.points[0];
   const last = s.points[s.points.length - 1];
   const who = s.label ? `${s.label}: ` : "";
+  const counted = xName === "step" ? "steps" : "points";
   return (
-    `${who}${name} over ${s.points.length} ${xName}s: ${label(first.y)} at ${xName} ${label(first.x)}, ` +
-    `${label(last.y)} at ${xName} ${label(last.x)}`
+    `${who}${name} over ${s.points.length} ${counted}: ${label(first.y)} at ${xName} ${tickLabel(first.x)}, ` +
+    `${label(last.y)} at ${xName} ${tickLabel(last.x)}`
   );
 }

@@ -93,10 +93,15 @@ function renderDifferences(runs) {
     (differing.length ? "" : " (the runs differ only in their data, if at all)");
 }
 
-async function renderEvals(runs) {
-  const ids = new Set(runs.map((run) => run.id));
+// The eval jobs of these train jobs, newest first (among the newest EVALS_LISTED eval jobs).
+export async function evalsOf(trainIds) {
+  const ids = new Set(trainIds);
   const list = await request(`/jobs?kind=eval&limit=${EVALS_LISTED}`);
-  const evals = list.jobs.filter((job) => ids.has(job.spec.train_job));
+  return list.jobs.filter((job) => ids.has(job.spec.train_job));
+}
+
+async function renderEvals(runs) {
+  const evals = await evalsOf(runs.map((run) => run.id));
   fillEvalTable($("#compare-evals tbody"), evals, true);
   $("#compare-no-evals").hidden = evals.length > 0;
 }
