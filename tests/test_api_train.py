@@ -398,3 +398,12 @@ def test_bad_sample_and_eval_requests_are_refused_with_the_reason(server, datase
     assert error["loc"] == ["body", "dataset"] and error["msg"].startswith("unknown dataset '0123456789abcdef'")
     error = refused(server, "eval", {"train_job": trained["id"], "tokens": 100})
     assert error["loc"] == ["body", "tokens"] and "less than one batch on all ranks (1,024 tokens" in error["msg"]
+
+
+def test_a_train_jobs_dataset_is_the_manifest_of_the_conversion_it_read(server, dataset, trained):
+    found = server.client.get(f"/jobs/{trained['id']}/dataset").raise_for_status().json()
+    assert found == {**server.client.get(f"/jobs/{dataset}/manifest").json(), "output_dir": trained["spec"]["dataset"]}
+    [source] = found["sources"]
+    assert source["share_chars"] == 1.0 and source["weight"] == 1.0
+    response = server.client.get(f"/jobs/{dataset}/dataset")
+    assert response.status_code == 404 and response.json() == {"detail": "convert jobs read no dataset"}

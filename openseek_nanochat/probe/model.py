@@ -41,6 +41,7 @@ def load(checkpoint: Checkpoint, device: torch.device):
 def _load_nanochat(checkpoint: Checkpoint, device: torch.device):
     # nanochat finds its tokenizer under NANOCHAT_BASE_DIR: the run dir is that base dir (train/nanochat/rundir.py)
     os.environ["NANOCHAT_BASE_DIR"] = checkpoint.run_dir
+    sys.dont_write_bytecode = True  # the checkout is left as it was: no __pycache__ in it
     sys.path.insert(0, checkpoint.nanochat_dir)
     from nanochat.checkpoint_manager import build_model
 
