@@ -20,6 +20,7 @@ def _runner(kind: str):
         from openseek_nanochat.events import emit
         from openseek_nanochat.probe import evaluate, sample
         from openseek_nanochat.probe.spec import EvalSpec, SampleSpec
+        from openseek_nanochat.train.job import emitter
 
         model, runner = {"sample": (SampleSpec, sample.run), "eval": (EvalSpec, evaluate.run)}[kind]
 
@@ -39,9 +40,8 @@ def _runner(kind: str):
             return fail("; ".join(errors), args.spec)
         if spec.checkpoint is None:
             return fail("no checkpoint: submit the spec to the service, which finds it", "checkpoint")
-        quiet = lambda *a, **k: None  # noqa: E731
         try:
-            result = runner(spec, emit if args.events else quiet)
+            result = runner(spec, emitter(args.events))
         except (OSError, RuntimeError) as e:
             return fail(str(e), None)
         print(json.dumps(result, indent=2, ensure_ascii=False))

@@ -46,7 +46,6 @@ def complete(model, tokenizer, prompt: str, spec: SampleSpec, context: int, devi
 def run(spec: SampleSpec, emit) -> dict:
     checkpoint = spec.checkpoint
     device = checkpoint_model.pick_device(spec.device)
-    torch.manual_seed(spec.seed)
     model, tokenizer = checkpoint_model.load(checkpoint, device)
     print(f"loaded step {checkpoint.step} of {checkpoint.checkpoint_dir} on {device}", flush=True)
     completions = []

@@ -227,7 +227,7 @@ def run(spec: TrainSpec, job_dir, events: bool = True) -> dict:
 
     `spec` must have been through `prepare`. Returns (and, with events, emits) the result.
     """
-    emit = _emitter(events)
+    emit = emitter(events)
     if spec.backend == "nanochat":
         from openseek_nanochat.train.nanochat import run as nanochat
 
@@ -279,5 +279,5 @@ def run(spec: TrainSpec, job_dir, events: bool = True) -> dict:
     return result
 
 
-def _emitter(on: bool) -> Callable[..., None]:
+def emitter(on: bool) -> Callable[..., None]:
     return emit_event if on else (lambda *args, **kwargs: None)

@@ -14,10 +14,11 @@ export function tokensPerStep(spec) {
   return spec.total_batch_size ?? spec.device_batch_size * spec.max_seq_len * spec.nproc_per_node;
 }
 
-// A conversion's sources as one line: each source's share of the characters, and the total.
+// A conversion's sources as one line: each source's share of the characters, and the total. A source named by a path
+// is shown by its last part (the whole name is in the manifest, and in the cell's title).
 export function mixtureSummary(manifest) {
   if (!manifest) return "–";
-  const sources = (manifest.sources || []).map((s) => `${s.name} ${fmt.percent(s.share_chars)}`);
+  const sources = (manifest.sources || []).map((s) => `${s.name.split("/").pop()} ${fmt.percent(s.share_chars)}`);
   const chars = manifest.totals?.chars;
   return `${sources.join(" · ") || "no sources listed"}${chars ? ` (${fmt.count(chars)} chars)` : ""}`;
 }
@@ -85,11 +86,14 @@ function renderDifferences(runs) {
     const row = document.createElement("tr");
     row.dataset.field = field;
     cell(row, field);
-    for (const value of values) cell(row, value);
+    values.forEach((value, i) => {
+      const td = cell(row, value);
+      if (field === "dataset mixture") td.title = (runs[i].dataset?.sources || []).map((s) => s.name).join("\n");
+    });
     tbody.append(row);
   }
   $("#compare-summary").textContent =
-    `${runs.length} runs; ${differing.length} spec field${differing.length === 1 ? "" : "s"} differ` +
+    `${runs.length} runs; ${differing.length} spec ${differing.length === 1 ? "field differs" : "fields differ"}` +
     (differing.length ? "" : " (the runs differ only in their data, if at all)");
 }
 
