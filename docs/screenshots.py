@@ -1,9 +1,12 @@
-"""Take the dashboard screenshots of the README: docs/dashboard.png, docs/job-convert.png and docs/job-train.png.
+"""Take the dashboard screenshots of the README: docs/dashboard.png, docs/job-convert.png, docs/job-train.png and
+docs/compare.png.
 
     .venv/bin/python docs/screenshots.py
 
-Runs the real service (the API and one worker) over a temporary data dir, converts the shared test data, trains a
-tiny model on CPU on one of the conversions, and photographs the pages in headless Chromium (/usr/bin/chromium).
+Runs the real service (the API and one worker) over a temporary data dir, converts the shared test data, trains two
+tiny models on CPU (one on Shakespeare alone, one on a mixture with GSM8K), evaluates both on Shakespeare's validation
+shard, samples from one in its "try the model" box and photographs the pages in headless Chromium
+(/usr/bin/chromium).
 """
 
 import sys
@@ -58,7 +61,29 @@ def main() -> None:
         shakespeare = convert(client, "shakespeare", [str(corpus)], max_docs=12_000, chars_per_shard=250_000)
         for job in (gsm8k, shakespeare):
             wait_for_state(client, job["id"], "succeeded")
+        mixture = client.post(
+            "/jobs/convert",
+            json={
+                "name": "shakespeare-gsm8k",
+                "sources": [
+                    {"type": "files", "paths": [str(corpus)], "weight": 3.0},
+                    {
+                        "type": "files",
+                        "paths": [str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")],
+                        "text_template": "{question}\n{answer}",
+                        "weight": 1.0,
+                    },
+                ],
+                "max_docs": 12_000,
+                "chars_per_shard": 250_000,
+            },
+        ).raise_for_status()
+        wait_for_state(client, mixture.json()["id"], "succeeded")
         train_id = train(server, shakespeare["id"])
+        mixture_train_id = train(server, mixture.json()["id"])
+        for body in ({"train_job": train_id}, {"train_job": mixture_train_id, "dataset": shakespeare["id"]}):
+            evaluation = client.post("/jobs/eval", json=body).raise_for_status().json()
+            wait_for_state(client, evaluation["id"], "succeeded", timeout=300)
 
         cancelled = convert(client, "cancelled-run", [str(corpus)], chars_per_shard=20_000)
         wait_for_state(client, cancelled["id"], "running")
@@ -92,7 +117,15 @@ def main() -> None:
 
             page.goto(f"/#/jobs/{train_id}")
             page.locator("#loss-chart polyline").wait_for()
+            page.get_by_label("Prompt").fill("ROMEO:")
+            page.get_by_role("button", name="Sample").click()
+            page.locator("#try-output").wait_for(timeout=120_000)
+            page.locator("#evals tbody tr").first.wait_for()
             page.screenshot(path=DOCS / "job-train.png", full_page=True)
+
+            page.goto(f"/#/compare?ids={train_id},{mixture_train_id}")
+            page.locator("#compare-evals tbody tr").nth(1).wait_for()
+            page.screenshot(path=DOCS / "compare.png", full_page=True)
             browser.close()
         wait_for_state(client, running["id"], "succeeded", timeout=120)
 

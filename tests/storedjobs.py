@@ -1,6 +1,7 @@
 """Train jobs written into a service's database through the real store, with their metrics file where a worker
 writes it: for tests of what the API and the dashboard show of a training, without spending a minute training.
-A running one moves on through the worker's own calls (`queue.heartbeat` with new progress, metrics appended).
+A running one moves on through the worker's own calls (`queue.heartbeat` with new progress, metrics appended). A
+stored job can be given a checkpoint (an untrained model of its shape) for sample jobs to load, and eval jobs.
 """
 
 import json
@@ -127,3 +128,52 @@ def advance_train_job(data_dir: Path, job_id: str, spec: dict, new_records: list
         assert queue.heartbeat(engine, claim, lease_seconds=300, progress=progress) == "running"
     finally:
         engine.dispose()
+
+
+def add_checkpoint(data_dir: Path, job_id: str, spec: dict, step: int, docs: list[str], vocab_size: int = 512) -> Path:
+    """A train job's run dir as its trainer leaves it at `step`, without the training: a tokenizer trained on `docs`
+    and the builtin GPT of the spec's shape, freshly initialised, in checkpoints.py's files. Returns the run dir."""
+    import torch
+
+    from openseek_nanochat.train import checkpoints
+    from openseek_nanochat.train import tokenizer as tok
+    from openseek_nanochat.train.builtin.model import GPT, config_for_depth
+
+    run_dir = Path(data_dir) / "runs" / job_id
+    tok.save(tok.train_encoding(iter(docs), vocab_size), run_dir / "tokenizer")
+    torch.manual_seed(0)
+    config = config_for_depth(spec["depth"], vocab_size, spec["max_seq_len"], spec["aspect_ratio"], spec["head_dim"])
+    model = GPT(config)
+    model.init_weights()
+    folder = run_dir / checkpoints.SUBDIR
+    folder.mkdir(parents=True)
+    torch.save(model.state_dict(), folder / checkpoints.model_file(step))
+    for rank in range(spec["nproc_per_node"]):
+        torch.save([], folder / checkpoints.optim_file(step, rank))
+    meta = {"step": step, "model_config": vars(config), "world_size": spec["nproc_per_node"], "val_bpb": None}
+    (folder / checkpoints.meta_file(step)).write_text(json.dumps(meta))
+    return run_dir
+
+
+def add_eval_job(data_dir: Path, train_id: str, step: int, dataset: str, tokens: int, val_bpb: float) -> str:
+    """A finished eval job of a train job, as a worker records it."""
+    settings = Settings(data_dir=data_dir)
+    spec = {"train_job": train_id, "step": step, "dataset": dataset, "tokens": tokens, "device": "auto"}
+    now = utcnow()
+    job = Job(
+        id=new_job_id(),
+        kind="eval",
+        state=JobState.succeeded,
+        spec=spec,
+        result={"train_job": train_id, "step": step, "dataset": dataset, "tokens": tokens, "val_bpb": val_bpb},
+        attempts=1,
+        created_at=now,
+        started_at=now,
+        finished_at=now,
+    )
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        store.create_job(engine, job)
+    finally:
+        engine.dispose()
+    return job.id

@@ -125,3 +125,8 @@ def test_docs_are_served_without_a_cdn(server):
     schema = server.client.get("/openapi.json").json()
     body = schema["paths"]["/jobs/convert"]["post"]["requestBody"]["content"]["application/json"]
     assert body["examples"]["jsonl"]["value"]["sources"][0]["type"] == "files"
+    for kind, example in (("sample", "latest"), ("eval", "own")):
+        body = schema["paths"][f"/jobs/{kind}"]["post"]["requestBody"]["content"]["application/json"]
+        assert body["examples"][example]["value"]["train_job"] == "<train job id>"
+    dataset = schema["paths"]["/jobs/{job_id}/dataset"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert dataset["example"]["sources"][0]["share_chars"] > 0

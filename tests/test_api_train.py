@@ -1,6 +1,7 @@
 """Train jobs over HTTP, run by real workers: a 2-rank CPU torchrun on a convert job's shards learns, reports its
 steps and its result; a SIGKILLed worker's training is resumed by another from its last checkpoint; a cancel leaves
-no process behind; bad specs are refused at submit."""
+no process behind; bad specs are refused at submit. Then its checkpoints are used: sample jobs continue prompts (the
+same seed, the same text), eval jobs measure bits per byte (on its own validation shard, its training's val_bpb)."""
 
 import os
 import re
@@ -13,7 +14,10 @@ import torch
 from openseek_nanochat.train import tokenizer as tok
 from openseek_nanochat.train.builtin import trainer as train
 
-from serverutil import shakespeare_jsonl, start_server, wait_for_state, wait_until
+from app.jobs.models import JobState
+
+from serverutil import SHARED_DATA, shakespeare_jsonl, start_server, wait_for_state, wait_until
+from storedjobs import add_train_job
 
 LEASE_SECONDS = 3
 METRIC_KEYS = {"step", "loss", "lr", "dt_ms", "tok_per_sec", "mfu", "val_bpb"}
@@ -254,7 +258,7 @@ def test_unfinished_convert_job_is_refused(server, small):
         server.client.post(f"/jobs/{convert['id']}/cancel")
     assert error["loc"] == ["body", "dataset"]
     assert re.fullmatch(
-        rf"convert job {convert['id']} is (queued|running); a train job can use it once it has "
+        rf"convert job {convert['id']} is (queued|running); a job can use its shards once it has "
         "succeeded",
         error["msg"],
     ), error["msg"]
@@ -291,3 +295,115 @@ def test_refused_specs_leave_no_job(server, small):
     refusal(server, {**small, "dataset": "0123456789abcdef"})
     refusal(server, {**small, "num_iterations": 0})
     assert train_jobs() == before
+
+
+# --- samples and evals of the trained checkpoint -----------------------------------------------------------------
+
+
+def finished(server, kind: str, body: dict, timeout: float = 120) -> dict:
+    response = server.client.post(f"/jobs/{kind}", json=body)
+    assert response.status_code == 202, response.text
+    return wait_for_state(server.client, response.json()["id"], "succeeded", timeout=timeout)
+
+
+def test_a_sample_job_adds_the_asked_tokens_and_the_same_seed_gives_the_same_text(server, trained):
+    body = {"train_job": trained["id"], "prompts": ["ROMEO:", "To be or not"], "max_tokens": 24, "top_k": 50, "seed": 7}
+    jobs = [server.client.post("/jobs/sample", json=b).json() for b in (body, body, {**body, "seed": 8})]
+    first, again, other = (wait_for_state(server.client, job["id"], "succeeded", timeout=120) for job in jobs)
+
+    completions = first["result"]["completions"]
+    assert [c["prompt"] for c in completions] == body["prompts"]
+    assert all(c["tokens"] == 24 and c["text"].strip() for c in completions), completions
+    assert first["result"]["step"] == STEPS and first["spec"]["step"] == STEPS  # the latest complete checkpoint
+    assert again["result"]["completions"] == completions
+    assert [c["text"] for c in other["result"]["completions"]] != [c["text"] for c in completions]
+    tokenizer = tok.load(trained["result"]["tokenizer_dir"])
+    assert all(20 <= len(tokenizer.encode(c["text"])) <= 28 for c in completions)  # re-encoding may merge differently
+
+
+def test_an_eval_on_the_trainings_own_validation_shard_gives_its_val_bpb(server, trained):
+    metrics = server.client.get(f"/jobs/{trained['id']}/metrics").json()
+    latest = finished(server, "eval", {"train_job": trained["id"]})
+    assert latest["result"]["step"] == STEPS and latest["result"]["tokens"] == TINY["eval_tokens"]
+    assert abs(latest["result"]["val_bpb"] - trained["result"]["val_bpb"]) < 5e-4, (latest["result"], trained["result"])
+
+    halfway = finished(server, "eval", {"train_job": trained["id"], "step": 2 * SAVE_EVERY})
+    assert abs(halfway["result"]["val_bpb"] - metrics[2 * SAVE_EVERY]["val_bpb"]) < 5e-4
+
+
+def test_an_eval_on_another_datasets_validation_shard(server, trained):
+    convert = {
+        "name": "gsm8k-for-eval",
+        "sources": [
+            {
+                "type": "files",
+                "paths": [str(SHARED_DATA / "jsonl" / "gsm8k.jsonl")],
+                "text_template": "{question}\n{answer}",
+            }
+        ],
+        "row_group_size": 16,
+        "val_docs": 200,
+    }
+    other = finished(server, "convert", convert, timeout=60)
+    job = finished(server, "eval", {"train_job": trained["id"], "dataset": other["id"], "tokens": 4096})
+    assert job["result"]["dataset"] == other["spec"]["output_dir"] and job["result"]["tokens"] == 4096
+    assert 0 < job["result"]["val_bpb"] != pytest.approx(trained["result"]["val_bpb"], abs=1e-3)
+
+
+def refused(server, kind: str, body: dict) -> dict:
+    response = server.client.post(f"/jobs/{kind}", json=body)
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    return error
+
+
+def test_bad_sample_and_eval_requests_are_refused_with_the_reason(server, dataset, trained, tmp_path):
+    prompt = {"prompts": ["ROMEO:"]}
+    for kind in ("sample", "eval"):
+        body = {"train_job": "0123456789abcdef", **(prompt if kind == "sample" else {})}
+        error = refused(server, kind, body)
+        assert error["loc"] == ["body", "train_job"] and error["msg"] == "no job with id '0123456789abcdef'"
+        error = refused(server, kind, {**body, "train_job": dataset})
+        assert error["loc"] == ["body", "train_job"]
+        assert error["msg"] == f"job {dataset} is a convert job, not a train job"
+        error = refused(server, kind, {**body, "train_job": trained["id"], "step": 3})
+        assert error["loc"] == ["body", "step"]
+        assert (
+            error["msg"]
+            == f"train job {trained['id']} has no complete checkpoint of step 3; it has steps 5, 10, 15, 20"
+        )
+
+    running, _ = add_train_job(server.data_dir, tmp_path, state=JobState.running)  # no checkpoint written yet
+    error = refused(server, "sample", {"train_job": running, **prompt})
+    assert error["loc"] == ["body", "train_job"]
+    assert (
+        error["msg"] == f"train job {running} (running) has no complete checkpoint yet: its first is written at step 20"
+    )
+
+    sample = {"train_job": trained["id"], **prompt}
+    error = refused(server, "sample", {**sample, "max_tokens": 1025})
+    assert error["loc"] == ["body", "max_tokens"] and "less than or equal to 1024" in error["msg"]
+    error = refused(server, "sample", {**sample, "prompts": ["x" * 9000]})
+    assert error["loc"] == ["body", "prompts", 0] and "at most 8192 characters" in error["msg"]
+    long_prompt = " ".join(f"word{i}" for i in range(400))  # far more tokens than the model's 128
+    error = refused(server, "sample", {**sample, "prompts": ["ROMEO:", long_prompt]})
+    assert error["loc"] == ["body", "prompts", 1]
+    assert re.fullmatch(
+        r"the prompt is [\d,]+ tokens long; the model reads at most 127 \(its context is 128 .*", error["msg"]
+    )
+    error = refused(server, "sample", {**sample, "prompts": []})
+    assert error["loc"] == ["body", "prompts"]
+
+    error = refused(server, "eval", {"train_job": trained["id"], "dataset": "0123456789abcdef"})
+    assert error["loc"] == ["body", "dataset"] and error["msg"].startswith("unknown dataset '0123456789abcdef'")
+    error = refused(server, "eval", {"train_job": trained["id"], "tokens": 100})
+    assert error["loc"] == ["body", "tokens"] and "less than one batch on all ranks (1,024 tokens" in error["msg"]
+
+
+def test_a_train_jobs_dataset_is_the_manifest_of_the_conversion_it_read(server, dataset, trained):
+    found = server.client.get(f"/jobs/{trained['id']}/dataset").raise_for_status().json()
+    assert found == {**server.client.get(f"/jobs/{dataset}/manifest").json(), "output_dir": trained["spec"]["dataset"]}
+    [source] = found["sources"]
+    assert source["share_chars"] == 1.0 and source["weight"] == 1.0
+    response = server.client.get(f"/jobs/{dataset}/dataset")
+    assert response.status_code == 404 and response.json() == {"detail": "convert jobs read no dataset"}

@@ -1,11 +1,13 @@
 """The dashboard in headless Chromium against the running service (with an API token): the job list follows a
 running conversion, a conversion's page shows its shards, a training's page draws its curves (growing while it
-runs), and the page's buttons cancel and re-submit.
+runs), and the page's buttons cancel and re-submit; runs ticked in the list are compared (curves overlaid, differing
+fields listed), and a training's "try the model" box shows what its checkpoint writes.
 
 Needs Debian's `chromium` at /usr/bin/chromium (driven by Playwright; no downloaded browser). Training jobs are
 written through the store (tests/storedjobs.py) rather than trained, to keep these tests to seconds.
 """
 
+import json
 import re
 
 import pytest
@@ -15,7 +17,16 @@ from app.jobs.models import JobState
 
 from browserutil import launch
 from serverutil import SHARED_DATA, long_conversion, start_server, wait_for_state
-from storedjobs import add_train_job, advance_train_job, insert_train_job, small_train_spec, train_metrics
+from storedjobs import (
+    add_checkpoint,
+    add_eval_job,
+    add_train_job,
+    advance_train_job,
+    insert_train_job,
+    small_train_spec,
+    train_metrics,
+)
+from training_data import shakespeare_docs
 
 pytestmark = pytest.mark.needs("chromium")
 
@@ -199,3 +210,104 @@ def test_a_running_trainings_curves_grow_as_steps_are_logged(page, server, tmp_p
     expect(page.locator("#bpb-chart")).to_have_attribute("data-points", "3")
     expect(page.locator("#train-facts")).to_contain_text("11 of 20")
     assert len(page.locator("#loss-chart polyline").get_attribute("points").split()) == 11
+
+
+def write_mixture(folder, sources: list[tuple[str, float, float]]):
+    """A dataset folder whose manifest lists these (name, weight, share of characters) sources."""
+    folder.mkdir(parents=True)
+    listed = [{"name": n, "type": "files", "weight": w, "share_chars": share} for n, w, share in sources]
+    (folder / "manifest.json").write_text(json.dumps({"complete": True, "sources": listed, "totals": {"chars": 10**6}}))
+    return folder
+
+
+def test_the_compare_view_overlays_two_runs_and_lists_what_differs(page, server, tmp_path):
+    mixed = write_mixture(tmp_path / "mixed", [("gsm8k", 1.0, 0.25), ("shakespeare", 3.0, 0.75)])
+    alone = write_mixture(tmp_path / "alone", [("shakespeare", 1.0, 1.0)])
+    first = small_train_spec(mixed, num_iterations=20, eval_every=5)
+    second = {
+        **small_train_spec(alone, num_iterations=12, eval_every=4),
+        "depth": 6,
+        "matrix_lr": 0.03,
+        "device_batch_size": 4,
+    }
+    ids = [
+        insert_train_job(server.data_dir, first, train_metrics(20, 5), JobState.succeeded),
+        insert_train_job(server.data_dir, second, train_metrics(12, 4), JobState.succeeded),
+    ]
+    add_eval_job(server.data_dir, ids[0], 20, str(alone), 8192, 1.2345)
+
+    page.goto("/")
+    for job_id in ids:
+        page.get_by_label(f"compare job {job_id}").check()
+    page.get_by_role("button", name="Compare 2 selected runs").click()
+    page.wait_for_url(re.compile(r"#/compare\?ids="))
+    assert sorted(page.url.split("ids=")[1].split(",")) == sorted(ids)
+
+    for chart, per_run in (("#compare-loss", [20, 12]), ("#compare-bpb", [5, 4])):
+        lines = page.locator(f"{chart} polyline")
+        expect(lines).to_have_count(2)
+        drawn = {
+            lines.nth(i).get_attribute("data-series"): lines.nth(i).get_attribute("points").split() for i in range(2)
+        }
+        assert {job_id: len(drawn[job_id]) for job_id in ids} == dict(zip(ids, per_run))
+
+    # by tokens seen, the second run (4 x 256 x 2 = 2,048 tokens a step) ends at a quarter of the first's range
+    # (8 x 256 x 2 = 4,096 a step for 20 steps), not at 12/20 of it as by step
+    def last_x(job_id: str) -> float:
+        return float(
+            page.locator(f'#compare-loss polyline[data-series="{job_id}"]')
+            .get_attribute("points")
+            .split()[-1]
+            .split(",")[0]
+        )
+
+    def fraction_of_first(job_id: str) -> float:
+        left = float(
+            page.locator(f'#compare-loss polyline[data-series="{ids[0]}"]')
+            .get_attribute("points")
+            .split()[0]
+            .split(",")[0]
+        )
+        return (last_x(job_id) - left) / (last_x(ids[0]) - left)
+
+    assert fraction_of_first(ids[1]) == pytest.approx((12 - 1) / (20 - 1), abs=0.01)
+    page.get_by_label("x axis").select_option("tokens")
+    expect(page.locator("#compare-loss")).to_have_attribute(
+        "aria-label", re.compile(r"loss over 20 points: .* at tokens 81\.9k")
+    )
+    assert fraction_of_first(ids[1]) == pytest.approx((12 * 2048 - 4096) / (20 * 4096 - 4096), abs=0.01)
+    expect(page.locator(".compare-axis").first).to_have_text("tokens seen")
+
+    fields = page.locator("#compare-fields tbody tr")
+    differing = [fields.nth(i).get_attribute("data-field") for i in range(fields.count())]
+    assert differing[:2] == ["dataset mixture", "final val_bpb"]  # always shown
+    assert differing[2:] == ["dataset", "depth", "device_batch_size", "eval_every", "matrix_lr", "num_iterations"]
+    mixture = page.locator('#compare-fields tr[data-field="dataset mixture"] td')
+    expect(mixture.nth(1)).to_contain_text("gsm8k 25.0 % · shakespeare 75.0 %")
+    expect(mixture.nth(2)).to_contain_text("shakespeare 100.0 %")
+    depth = page.locator('#compare-fields tr[data-field="depth"] td')
+    expect(depth.nth(1)).to_have_text("4")
+    expect(depth.nth(2)).to_have_text("6")
+    evals = page.locator("#compare-evals tbody tr")
+    expect(evals).to_have_count(1)
+    expect(evals.first).to_contain_text("1.2345")
+
+
+def test_the_try_the_model_box_shows_a_completion(page, server, tmp_path):
+    spec = small_train_spec(tmp_path, num_iterations=20, eval_every=5)
+    job_id = insert_train_job(server.data_dir, spec, train_metrics(20, 5), JobState.succeeded)
+    add_checkpoint(server.data_dir, job_id, spec, step=20, docs=shakespeare_docs(SHARED_DATA)[:400])
+    page.goto(f"/#/jobs/{job_id}")
+    expect(page.locator("#job-state")).to_have_text("succeeded")
+    page.get_by_label("Prompt").fill("ROMEO:")
+    page.get_by_label("Tokens").fill("16")
+    page.get_by_role("button", name="Sample").click()
+    output = page.locator("#try-output")
+    expect(output).to_be_visible(timeout=90_000)
+    expect(output.locator("b")).to_have_text("ROMEO:")
+    assert len(output.inner_text()) > len("ROMEO:")
+    expect(page.locator("#try-status")).to_contain_text("16 tokens from step 20")
+
+    page.get_by_label("Prompt").fill("word " * 400)  # longer than the model's 256 tokens: refused, with the reason
+    page.get_by_role("button", name="Sample").click()
+    expect(page.locator("#try-error")).to_contain_text("prompts.0: the prompt is")

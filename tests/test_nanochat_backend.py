@@ -592,3 +592,51 @@ def test_http_job(checkout, shards, tokenizer_dir, tmp_path):
     assert [m["step"] for m in metrics] == [0, 1, 2, 3]
     assert job["progress"]["step"] == 3
     assert (Path(job["result"]["checkpoint_dir"]) / "model_000003.pt").is_file()
+
+
+def probe_cli(command: str, spec, workdir: Path, nanochat_dir: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """`openseek-nanochat sample|eval SPEC --events` on a prepared spec, as a worker would run it; its result."""
+    from serverutil import cli, service_env
+
+    spec_file = workdir / f"{command}-{len(list(workdir.glob(f'{command}-*')))}.json"
+    spec_file.write_text(spec.model_dump_json())
+    env = service_env(workdir / "data", service_settings(workdir, nanochat_dir))
+    done = subprocess.run(
+        cli(command, str(spec_file), "--events"), env=env, capture_output=True, text=True, timeout=600
+    )
+    results = of_type([e for e in map(parse_event, done.stdout.splitlines()) if e], "result")
+    return done, results[0] if results else {}
+
+
+@needs_nanochat
+def test_sample_and_eval_read_a_nanochat_checkpoint_with_the_checkouts_code(checkout, shards, tokenizer_dir, tmp_path):
+    from openseek_nanochat.probe.locate import prepare_eval, prepare_sample
+    from openseek_nanochat.probe.spec import EvalSpec, SampleSpec
+
+    spec = {
+        **TINY,
+        "dataset": str(shards),
+        "tokenizer": {"path": str(tokenizer_dir)},
+        "num_iterations": 4,
+        "eval_every": 2,
+    }
+    done, found = train_cli(spec, tmp_path, checkout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (trained,) = of_type(found, "result")
+    train = TrainSpec.model_validate({**spec, "nanochat_dir": str(checkout)})
+    run_dir = Path(trained["run_dir"])
+
+    asked = SampleSpec(train_job="0123456789abcdef", prompts=["ROMEO:"], max_tokens=12, seed=5)
+    prepared = prepare_sample(asked, train, run_dir, asked.train_job, "succeeded")
+    assert prepared.checkpoint.backend == "nanochat" and prepared.checkpoint.step == 4
+    runs = [probe_cli("sample", prepared, tmp_path, checkout) for _ in range(2)]
+    for done, _ in runs:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [(first, again)] = [[result["completions"][0] for _, result in runs]]
+    assert first["tokens"] == 12 and first["text"] and first == again
+
+    settings = Settings(data_dir=tmp_path / "data", input_roots=str(shards.parent))
+    evaluation = prepare_eval(EvalSpec(train_job=asked.train_job), settings, train, run_dir, asked.train_job, "done")
+    done, result = probe_cli("eval", evaluation, tmp_path, checkout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert result["val_bpb"] == pytest.approx(trained["val_bpb"], abs=1e-3)

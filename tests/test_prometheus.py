@@ -6,6 +6,7 @@ import time
 import httpx
 import pytest
 
+from app.jobs.kinds import KINDS
 from app.jobs.models import JobState
 
 from serverutil import SHARED_DATA, start_server, wait_for_state, wait_until
@@ -90,7 +91,7 @@ def test_metrics_count_jobs_workers_conversions_and_training(server):
     jobs = metrics["openseek_jobs"]
     assert jobs[labels(kind="convert", state="succeeded")] == 1
     assert jobs[labels(kind="train", state="succeeded")] == 1 and jobs[labels(kind="train", state="running")] == 1
-    assert sum(jobs.values()) == 3 and len(jobs) == 2 * len(JobState)  # every kind x state, zeros included
+    assert sum(jobs.values()) == 3 and len(jobs) == len(KINDS) * len(JobState)  # every kind x state, zeros included
 
     assert metrics["openseek_convert_docs_total"][()] == manifest["totals"]["docs"] == 1319
     assert metrics["openseek_convert_chars_total"][()] == manifest["totals"]["chars"]

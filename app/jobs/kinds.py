@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from openseek_nanochat.convert.spec import ConvertSpec
 from openseek_nanochat.errors import InputError
+from openseek_nanochat.probe.spec import EvalSpec, SampleSpec
 from openseek_nanochat.settings import Settings
 from openseek_nanochat.train.spec import TrainSpec
 
@@ -35,6 +36,8 @@ class JobKind:
     manifest: Callable[[dict], Path | None] = lambda spec: None
     # Folders (or files) the job reads that other jobs wrote: no purge removes them while the job is unfinished.
     inputs: Callable[[dict], list[str]] = lambda spec: []
+    # The dataset (a conversion's output dir) the job reads, if it reads one.
+    dataset: Callable[[dict], Path | None] = lambda spec: None
     summary: str = ""
     examples: dict[str, Any] = field(default_factory=dict)  # OpenAPI examples for the request body
 
@@ -94,13 +97,12 @@ CONVERT = JobKind(
 )
 
 
-def _prepare_train(spec: TrainSpec, settings: Settings, job_id: str, engine: Engine) -> TrainSpec:
-    from openseek_nanochat.train.job import prepare
-
+def _convert_lookup(engine: Engine) -> Callable[[str], str | None]:
+    """Maps a job id named as a dataset to the shard dir of that convert job once it has succeeded; None when no job
+    has that id."""
     from app.jobs import store
 
     def convert_output(dataset: str) -> str | None:
-        """The shard dir of the convert job `dataset` names, once it has succeeded; None when it names no job."""
         try:
             job = store.get_job(engine, dataset)
         except store.NotFound:
@@ -109,11 +111,18 @@ def _prepare_train(spec: TrainSpec, settings: Settings, job_id: str, engine: Eng
             raise InputError(f"job {dataset} is a {job.kind} job, not a convert job", where="dataset")
         if job.state != "succeeded":
             raise InputError(
-                f"convert job {dataset} is {job.state}; a train job can use it once it has succeeded", where="dataset"
+                f"convert job {dataset} is {job.state}; a job can use its shards once it has succeeded",
+                where="dataset",
             )
         return job.spec["output_dir"]
 
-    return prepare(spec, settings, job_id, lookup=convert_output)
+    return convert_output
+
+
+def _prepare_train(spec: TrainSpec, settings: Settings, job_id: str, engine: Engine) -> TrainSpec:
+    from openseek_nanochat.train.job import prepare
+
+    return prepare(spec, settings, job_id, lookup=_convert_lookup(engine))
 
 
 def _train_outputs(spec: dict, job_id: str) -> list[str]:
@@ -135,6 +144,7 @@ TRAIN = JobKind(
     command=_cli_command("train"),
     outputs=_train_outputs,
     inputs=_train_inputs,
+    dataset=lambda spec: Path(spec["dataset"]),
     summary="Train a tokenizer and a model on converted shards (torchrun)",
     examples={
         "cpu": {
@@ -171,4 +181,88 @@ TRAIN = JobKind(
     },
 )
 
-KINDS: dict[str, JobKind] = {kind.name: kind for kind in (CONVERT, TRAIN)}
+
+def _train_job(engine: Engine, settings: Settings, job_id: str) -> tuple[TrainSpec, Path, str]:
+    """The spec, run dir and state of the train job a sample or eval job names."""
+    from openseek_nanochat.train.job import run_dir_for
+
+    from app.jobs import store
+
+    try:
+        job = store.get_job(engine, job_id)
+    except store.NotFound:
+        raise InputError(f"no job with id {job_id!r}", where="train_job") from None
+    if job.kind != "train":
+        raise InputError(f"job {job_id} is a {job.kind} job, not a train job", where="train_job")
+    spec = TrainSpec.model_validate(job.spec)
+    return spec, run_dir_for(spec, settings, job.id), job.state
+
+
+def _prepare_sample(spec: SampleSpec, settings: Settings, job_id: str, engine: Engine) -> SampleSpec:
+    from openseek_nanochat.probe.locate import prepare_sample
+
+    train, run_dir, state = _train_job(engine, settings, spec.train_job)
+    return prepare_sample(spec, train, run_dir, spec.train_job, state)
+
+
+def _prepare_eval(spec: EvalSpec, settings: Settings, job_id: str, engine: Engine) -> EvalSpec:
+    from openseek_nanochat.probe.locate import prepare_eval
+
+    train, run_dir, state = _train_job(engine, settings, spec.train_job)
+    return prepare_eval(spec, settings, train, run_dir, spec.train_job, state, lookup=_convert_lookup(engine))
+
+
+def _checkpoint_inputs(spec: dict) -> list[str]:
+    """The train run a sample or eval job reads (no purge removes it meanwhile), and an eval job's dataset."""
+    return [spec["checkpoint"]["run_dir"], *([spec["dataset"]] if spec.get("dataset") else [])]
+
+
+SAMPLE = JobKind(
+    name="sample",
+    spec_model=SampleSpec,
+    prepare=_prepare_sample,
+    command=_cli_command("sample"),
+    outputs=lambda spec, job_id: [],
+    inputs=_checkpoint_inputs,
+    summary="Sample text from a train job's checkpoint",
+    examples={
+        "latest": {
+            "summary": "Two prompts, the latest complete checkpoint",
+            "value": {
+                "train_job": "<train job id>",
+                "prompts": ["The capital of France is", "Once upon a time"],
+                "max_tokens": 64,
+                "temperature": 0.8,
+                "top_k": 50,
+                "seed": 42,
+            },
+        },
+        "greedy": {
+            "summary": "The likeliest continuation at a given step",
+            "value": {"train_job": "<train job id>", "step": 500, "prompts": ["ROMEO:"], "temperature": 0},
+        },
+    },
+)
+
+EVAL = JobKind(
+    name="eval",
+    spec_model=EvalSpec,
+    prepare=_prepare_eval,
+    command=_cli_command("eval"),
+    outputs=lambda spec, job_id: [],
+    inputs=_checkpoint_inputs,
+    dataset=lambda spec: Path(spec["dataset"]),
+    summary="Bits per byte of a train job's checkpoint on a dataset's validation shard",
+    examples={
+        "own": {
+            "summary": "The latest checkpoint on the dataset it was trained on, as much as its training evaluated",
+            "value": {"train_job": "<train job id>"},
+        },
+        "other": {
+            "summary": "Another conversion's validation shard, 2M tokens",
+            "value": {"train_job": "<train job id>", "step": 1000, "dataset": "<convert job id>", "tokens": 2097152},
+        },
+    },
+)
+
+KINDS: dict[str, JobKind] = {kind.name: kind for kind in (CONVERT, TRAIN, SAMPLE, EVAL)}

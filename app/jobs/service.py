@@ -127,6 +127,22 @@ def read_manifest(engine: Engine, job_id: str) -> dict:
     return {**manifest, "output_dir": str(path.parent)}
 
 
+def read_dataset_manifest(engine: Engine, job_id: str) -> dict:
+    """The manifest of the dataset a job reads (a train or eval job's), plus `output_dir`; NotFound when the job
+    reads none or the folder holds no manifest."""
+    from openseek_nanochat.convert import manifest as manifest_file
+
+    job = store.get_job(engine, job_id)
+    kind = KINDS.get(job.kind)
+    folder = kind.dataset(job.spec) if kind else None
+    if folder is None:
+        raise store.NotFound(f"{job.kind} jobs read no dataset")
+    found = manifest_file.read(folder)
+    if found is None:
+        raise store.NotFound(f"the dataset of job {job.id}, {folder}, has no readable {manifest_file.NAME}")
+    return {**found, "output_dir": str(folder)}
+
+
 def _request_hash(kind: str, spec: BaseModel) -> str:
     canonical = json.dumps({"kind": kind, "spec": spec.model_dump(mode="json")}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()

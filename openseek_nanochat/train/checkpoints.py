@@ -39,14 +39,18 @@ def read_meta(checkpoint_dir: Path, step: int) -> dict | None:
         return None
 
 
+def complete_steps(checkpoint_dir: Path, world_size: int, whole: Callable[[Path], bool] = Path.is_file) -> list[int]:
+    """The steps whose model, meta and per-rank optimizer files all pass `whole` (default: they exist), latest first."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return []
+    steps = sorted((int(m.group(1)) for f in checkpoint_dir.iterdir() if (m := _META.fullmatch(f.name))), reverse=True)
+    return [step for step in steps if all(whole(checkpoint_dir / name) for name in step_files(step, world_size))]
+
+
 def last_complete_step(
     checkpoint_dir: Path, world_size: int, whole: Callable[[Path], bool] = Path.is_file
 ) -> int | None:
-    """The latest step whose model, meta and per-rank optimizer files all pass `whole` (default: they exist)."""
-    if not checkpoint_dir.is_dir():
-        return None
-    steps = sorted((int(m.group(1)) for f in checkpoint_dir.iterdir() if (m := _META.fullmatch(f.name))), reverse=True)
-    for step in steps:
-        if all(whole(checkpoint_dir / name) for name in step_files(step, world_size)):
-            return step
-    return None
+    """The latest of `complete_steps`, or None."""
+    steps = complete_steps(checkpoint_dir, world_size, whole)
+    return steps[0] if steps else None

@@ -37,6 +37,24 @@ def run_dir_for(spec: TrainSpec, settings: Settings, job_id: str | None = None) 
     return paths.runs_dir(settings) / job_id
 
 
+def tokenizer_dir_for(spec: TrainSpec, run_dir: Path) -> Path:
+    """Where a run's tokenizer is: one it reuses, else <run dir>/tokenizer (a nanochat run links a reused one there)."""
+    if spec.backend == "nanochat":
+        from openseek_nanochat.train.nanochat import rundir
+
+        return rundir.tokenizer_dir(run_dir)
+    return Path(spec.tokenizer.path) if isinstance(spec.tokenizer, ReuseTokenizer) else Path(run_dir) / "tokenizer"
+
+
+def checkpoint_dir_for(spec: TrainSpec, run_dir: Path) -> Path:
+    """Where a run's checkpoints are: the builtin trainer's <run dir>/checkpoints, or base_train's folder."""
+    if spec.backend == "nanochat":
+        from openseek_nanochat.train.nanochat import rundir
+
+        return rundir.checkpoint_dir(spec, run_dir)
+    return Path(run_dir) / checkpoints.SUBDIR
+
+
 def _check_allowed(path: Path, settings: Settings, what: str) -> Path:
     try:
         return paths.check_job_input(path, settings, what)
@@ -187,7 +205,7 @@ def _check_run_dir(run_dir: Path, spec: TrainSpec) -> None:
         raise InputError(f"{run_dir} holds a run of a different spec ({saved}); give this job a new id or run dir")
 
 
-def _error_reason(line: str) -> str | None:
+def error_reason(line: str) -> str | None:
     return line.removeprefix(ERROR_PREFIX).strip() if line.startswith(ERROR_PREFIX) else None
 
 
@@ -209,7 +227,7 @@ def run(spec: TrainSpec, job_dir, events: bool = True) -> dict:
 
     `spec` must have been through `prepare`. Returns (and, with events, emits) the result.
     """
-    emit = _emitter(events)
+    emit = emitter(events)
     if spec.backend == "nanochat":
         from openseek_nanochat.train.nanochat import run as nanochat
 
@@ -219,10 +237,8 @@ def run(spec: TrainSpec, job_dir, events: bool = True) -> dict:
     _check_run_dir(run_dir, spec)
     (run_dir / "spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
 
-    if isinstance(spec.tokenizer, ReuseTokenizer):
-        tokenizer_dir = Path(spec.tokenizer.path)
-    else:
-        tokenizer_dir = run_dir / "tokenizer"
+    tokenizer_dir = tokenizer_dir_for(spec, run_dir)
+    if not isinstance(spec.tokenizer, ReuseTokenizer):
         if tok.is_complete(tokenizer_dir):
             print(f"tokenizer: reusing {tokenizer_dir}", flush=True)
         else:
@@ -233,7 +249,7 @@ def run(spec: TrainSpec, job_dir, events: bool = True) -> dict:
                 f"--out-dir={tokenizer_dir}", f"--vocab-size={options.vocab_size}", f"--max-chars={options.max_chars}",
                 f"--doc-cap={options.doc_cap}",
             ]  # fmt: skip
-            rc, error = procs.stream(cmd, failure=_error_reason)
+            rc, error = procs.stream(cmd, failure=error_reason)
             if rc != 0:
                 raise InputError(error or f"tokenizer training failed (exit code {rc})", where="tokenizer")
 
@@ -242,11 +258,11 @@ def run(spec: TrainSpec, job_dir, events: bool = True) -> dict:
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.nproc_per_node}",
         "-m", "openseek_nanochat.train.builtin.trainer", *train_flags(spec, tokenizer_dir, run_dir, events),
     ]  # fmt: skip
-    rc, error = procs.stream(cmd, failure=_error_reason)
+    rc, error = procs.stream(cmd, failure=error_reason)
     if rc != 0:
         raise RuntimeError(f"training failed (torchrun exit code {rc})" + (f": {error}" if error else ""))
 
-    checkpoint_dir = run_dir / checkpoints.SUBDIR
+    checkpoint_dir = checkpoint_dir_for(spec, run_dir)
     step = checkpoints.last_complete_step(checkpoint_dir, spec.nproc_per_node)
     meta = (checkpoints.read_meta(checkpoint_dir, step) if step is not None else None) or {}
     result = {
@@ -263,5 +279,5 @@ def run(spec: TrainSpec, job_dir, events: bool = True) -> dict:
     return result
 
 
-def _emitter(on: bool) -> Callable[..., None]:
+def emitter(on: bool) -> Callable[..., None]:
     return emit_event if on else (lambda *args, **kwargs: None)

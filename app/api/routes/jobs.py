@@ -31,6 +31,16 @@ IdempotencyKey = Annotated[
 
 NOT_FOUND = {404: {"model": ErrorDetail, "description": "No such job."}}
 CONFLICT = {409: {"model": ErrorDetail, "description": "The job is not in a state that allows this."}}
+DATASET_EXAMPLE = {
+    "complete": True,
+    "sources": [
+        {"name": "gsm8k", "type": "files", "weight": 1.0, "docs": 7473, "chars": 5_100_000, "share_chars": 0.34},
+        {"name": "arxiv", "type": "megatron", "weight": 2.0, "docs": 1200, "chars": 9_900_000, "share_chars": 0.66},
+    ],
+    "shards": [{"file": "shard_00000.parquet", "split": "train", "rows": 8000, "chars": 14_000_000}],
+    "totals": {"docs": 8673, "chars": 15_000_000, "shards": 2},
+    "output_dir": "/data/datasets/mix",
+}
 SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {
         "description": "Accepted and queued. `Location` names the job.",
@@ -131,6 +141,20 @@ def delete_job(
 def get_manifest(job_id: JobId, engine: EngineDep) -> dict[str, Any]:
     """The `manifest.json` the job wrote (shards with rows, characters, bytes, sha256), plus `output_dir`."""
     return service.read_manifest(engine, job_id)
+
+
+@router.get(
+    "/{job_id}/dataset",
+    summary="The manifest of the dataset a train or eval job reads",
+    responses={
+        200: {"content": {"application/json": {"example": DATASET_EXAMPLE}}},
+        404: {"model": ErrorDetail, "description": "No such job, a job that reads no dataset, or no manifest."},
+    },
+)
+def get_dataset(job_id: JobId, engine: EngineDep) -> dict[str, Any]:
+    """The `manifest.json` of the conversion the job reads: its sources with weights and shares (the mixture), shards
+    and totals, plus `output_dir`. Runs that trained on different mixtures compare by it."""
+    return service.read_dataset_manifest(engine, job_id)
 
 
 @router.get(

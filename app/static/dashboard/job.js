@@ -1,8 +1,10 @@
-// One job's page: state and progress, its log, the shards of a conversion or the curves of a training, its spec.
+// One job's page: state and progress, its log, the shards of a conversion or the curves of a training (with a box to
+// try the model and its evaluations), its spec.
 // Everything after the first answer arrives on the job's event stream; the page stops listening when it is left.
 
 import { followEvents, request } from "./api.js";
 import { drawLineChart } from "./chart.js";
+import { evalsOf, fillEvalTable } from "./compare.js";
 import * as fmt from "./format.js";
 import { $, cell, fillFacts, reportError, showNotice, showProgress, showState } from "./ui.js";
 
@@ -12,6 +14,8 @@ const EVENT_PREFIX = "@@openseek-event "; // the lines job processes print for t
 const FREQUENT_EVENTS = ["progress", "metric"]; // shown only on request
 const DETAILS_EVERY_MS = 2000; // a running job's manifest or metrics are fetched at most this often
 const CANCELLABLE = ["queued", "running"];
+const FINISHED = ["succeeded", "failed", "cancelled"];
+const SAMPLE_POLL_MS = 500;
 
 class JobPage {
   constructor(id, signal) {
@@ -24,6 +28,7 @@ class JobPage {
     this.shardsShown = null;
     this.refreshManifestSoon = throttle(() => this.refreshManifest(), DETAILS_EVERY_MS, signal);
     this.refreshMetricsSoon = throttle(() => this.refreshMetrics(), DETAILS_EVERY_MS, signal);
+    this.refreshEvalsSoon = throttle(() => this.refreshEvals(), DETAILS_EVERY_MS, signal);
   }
 
   async run() {
@@ -36,7 +41,13 @@ class JobPage {
     $("#spec").value = "";
     $("#job-error").hidden = true;
     $("#train-section").hidden = true;
+    $("#try-section").hidden = true;
+    $("#evals-section").hidden = true;
     $("#manifest-section").hidden = true;
+    for (const selector of ["#try-status", "#try-error", "#eval-error"]) $(selector).textContent = "";
+    $("#try-output").hidden = true;
+    $("#try-form").onsubmit = (event) => this.tryModel(event);
+    $("#eval-form").onsubmit = (event) => this.evaluate(event);
     $("#cancel").onclick = () => this.cancel();
     $("#resubmit").onsubmit = (event) => this.resubmit(event);
     $("#show-events").onchange = () => this.renderLog();
@@ -114,6 +125,9 @@ class JobPage {
       this.refreshManifestSoon(final);
     } else if (job.kind === "train") {
       this.refreshMetricsSoon(final);
+      this.refreshEvalsSoon(final);
+      $("#try-section").hidden = false;
+      $("#evals-section").hidden = false;
     }
   }
 
@@ -166,6 +180,68 @@ class JobPage {
     if (mfu.length) facts.push(["MFU, mean", `${fmt.number(mean(mfu))} %`]);
     fillFacts($("#train-facts"), facts);
     $("#train-section").hidden = false;
+  }
+
+  async refreshEvals() {
+    const evals = await evalsOf([this.id]);
+    fillEvalTable($("#evals tbody"), evals, false);
+    // an eval still running is shown again when it ends
+    if (evals.some((job) => !FINISHED.includes(job.state))) setTimeout(() => this.refreshEvalsSoon(), DETAILS_EVERY_MS);
+  }
+
+  // "Try the model": a sample job of one prompt, followed until it ends; its completion is shown after the prompt.
+  async tryModel(event) {
+    event.preventDefault();
+    const [status, error, output] = [$("#try-status"), $("#try-error"), $("#try-output")];
+    error.textContent = "";
+    output.hidden = true;
+    const optional = (selector) => ($(selector).value === "" ? undefined : Number($(selector).value));
+    const body = {
+      train_job: this.id,
+      prompts: [$("#try-prompt").value],
+      max_tokens: optional("#try-tokens"),
+      temperature: optional("#try-temperature"),
+      top_k: optional("#try-top-k"),
+      seed: optional("#try-seed"),
+    };
+    try {
+      let job = await request("/jobs/sample", { method: "POST", body });
+      status.textContent = `Sample job ${job.id} is ${job.state}…`;
+      while (!FINISHED.includes(job.state) && !this.signal.aborted) {
+        await new Promise((resolve) => setTimeout(resolve, SAMPLE_POLL_MS));
+        job = await request(`/jobs/${job.id}`);
+        status.textContent = `Sample job ${job.id} is ${job.state}…`;
+      }
+      if (job.state !== "succeeded") {
+        status.textContent = "";
+        error.textContent = `Sample job ${job.id} ${job.state}${job.error ? `: ${job.error.message}` : ""}`;
+        return;
+      }
+      const [completion] = job.result.completions;
+      const prompt = document.createElement("b");
+      prompt.textContent = completion.prompt;
+      output.replaceChildren(prompt, document.createTextNode(completion.text));
+      output.hidden = false;
+      status.textContent = `${completion.tokens} tokens from step ${job.result.step} (sample job ${job.id}, seed ${job.spec.seed})`;
+    } catch (failure) {
+      status.textContent = "";
+      if (failure.status === 401) reportError(failure);
+      else error.textContent = failure.message;
+    }
+  }
+
+  async evaluate(event) {
+    event.preventDefault();
+    const message = $("#eval-error");
+    message.textContent = "";
+    const dataset = $("#eval-dataset").value.trim();
+    try {
+      await request("/jobs/eval", { method: "POST", body: { train_job: this.id, ...(dataset ? { dataset } : {}) } });
+      this.refreshEvalsSoon(true);
+    } catch (failure) {
+      if (failure.status === 401) reportError(failure);
+      else message.textContent = failure.message;
+    }
   }
 
   appendLog(text) {

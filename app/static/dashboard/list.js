@@ -1,4 +1,5 @@
-// The job list: every job, newest first, refreshed every few seconds while the page is visible.
+// The job list: every job, newest first, refreshed every few seconds while the page is visible. Train jobs have a
+// "compare" box; two or more ticked open the comparison view.
 
 import { request } from "./api.js";
 import * as fmt from "./format.js";
@@ -7,9 +8,25 @@ import { $, cell, reportError, showNotice, showProgress, showState } from "./ui.
 const REFRESH_MS = 1500;
 const PAGE = 100;
 
+const selected = new Set(); // train jobs ticked for comparison; kept across refreshes of the list
+
 function renderRow(job) {
   const row = document.createElement("tr");
   row.dataset.jobId = job.id;
+  const pick = cell(row, "");
+  if (job.kind === "train") {
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.className = "compare";
+    box.checked = selected.has(job.id);
+    box.setAttribute("aria-label", `compare job ${job.id}`);
+    box.onchange = () => {
+      if (box.checked) selected.add(job.id);
+      else selected.delete(job.id);
+      showSelection();
+    };
+    pick.append(box);
+  }
   const link = document.createElement("a");
   link.href = `#/jobs/${job.id}`;
   link.textContent = job.spec.name || job.id;
@@ -50,9 +67,19 @@ async function refresh() {
   showNotice("");
 }
 
+function showSelection() {
+  const button = $("#compare-selected");
+  button.disabled = selected.size < 2;
+  button.textContent = selected.size ? `Compare ${selected.size} selected runs` : "Compare selected runs";
+}
+
 // Shows the list until `signal` aborts.
 export async function showList(signal) {
   document.title = "Jobs · openseek-nanochat";
+  showSelection();
+  $("#compare-selected").onclick = () => {
+    location.hash = `#/compare?ids=${[...selected].map(encodeURIComponent).join(",")}`;
+  };
   while (!signal.aborted) {
     if (!document.hidden) {
       try {

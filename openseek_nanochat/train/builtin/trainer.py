@@ -152,6 +152,33 @@ def evaluate_bpb(model, batches, steps, token_bytes, autocast):
     return nats.item() / (math.log(2) * nbytes.item()) if nbytes.item() else float("inf")
 
 
+def eval_steps(tokens: int, B: int, T: int, world_size: int) -> int:
+    """Batches per evaluation: `tokens` over all ranks, at least one batch."""
+    return max(1, tokens // (B * T * world_size))
+
+
+def validation_bpb(model, tokenizer, token_bytes, B, T, steps, data_dir, device, autocast):
+    """Bits per byte on the first `steps` batches of the validation shard, each rank on its own row groups: what the
+    trainer logs as val_bpb, and what an eval job measures of a checkpoint (probe/evaluate.py)."""
+    loader = tokenizing_distributed_data_loader_bos_bestfit(tokenizer, B, T, "val", device=device, data_dir=data_dir)
+    was_training = model.training
+    model.eval()
+    try:
+        return evaluate_bpb(model, loader, steps, token_bytes, autocast)
+    finally:
+        model.train(was_training)
+        loader.close()
+
+
+def uses_bf16(device_type: str) -> bool:
+    return device_type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def autocast_for(device_type: str):
+    """bf16 autocast on a CUDA device that has it, else a context that changes nothing."""
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=uses_bf16(device_type))
+
+
 class MetricsLog:
     """metrics.jsonl, append-only; on resume, records after the checkpoint's step are dropped (they get redone)."""
 
@@ -199,8 +226,8 @@ def main(argv=None):
         dist.init_process_group(backend="nccl" if on_cuda else "gloo", device_id=device if on_cuda else None)
     master = rank == 0
     log = print if master else (lambda *a, **k: None)
-    use_bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported()
-    autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=use_bf16)
+    use_bf16 = uses_bf16(device_type)
+    autocast = autocast_for(device_type)
     peak = peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
     torch.manual_seed(args.seed)
 
@@ -264,17 +291,10 @@ def main(argv=None):
     train_loader = tokenizing_distributed_data_loader_with_state_bos_bestfit(
         tokenizer, B, T, "train", device=device, resume_state_dict=loader_state, data_dir=args.data_dir
     )
-    eval_steps = max(1, args.eval_tokens // tokens_per_micro_batch)
+    steps_per_eval = eval_steps(args.eval_tokens, B, T, world_size)
 
     def run_eval():
-        val_loader = tokenizing_distributed_data_loader_bos_bestfit(
-            tokenizer, B, T, "val", device=device, data_dir=args.data_dir
-        )
-        orig_model.eval()
-        bpb = evaluate_bpb(orig_model, val_loader, eval_steps, token_bytes, autocast)
-        orig_model.train()
-        val_loader.close()
-        return bpb
+        return validation_bpb(orig_model, tokenizer, token_bytes, B, T, steps_per_eval, args.data_dir, device, autocast)
 
     # `loader_state` always resumes to the batch in hand (x, y): the state that came with the batch before it.
     x, y, next_state = next(train_loader)

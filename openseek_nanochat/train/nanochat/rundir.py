@@ -70,6 +70,11 @@ def tokenizer_ready(tokenizer_dir: Path) -> bool:
     return tok.is_complete(tokenizer_dir) and _whole_torch_file(Path(tokenizer_dir) / tok.TOKEN_BYTES_FILE)
 
 
+def complete_steps(checkpoint_dir: Path, world_size: int) -> list[int]:
+    """The steps with every file base_train writes for them, whole; latest first."""
+    return checkpoints.complete_steps(checkpoint_dir, world_size, whole=_whole_checkpoint_file)
+
+
 def last_complete_step(checkpoint_dir: Path, world_size: int) -> int | None:
     """The latest step with every file base_train writes for it, whole."""
     return checkpoints.last_complete_step(checkpoint_dir, world_size, whole=_whole_checkpoint_file)

@@ -1,0 +1,54 @@
+"""`openseek-nanochat sample SPEC.json` and `openseek-nanochat eval SPEC.json` [--events]: a sample or eval job in the
+foreground. The spec must name its checkpoint (as a submit fills it in: a job's spec.json has it)."""
+
+import argparse
+import json
+import sys
+
+from openseek_nanochat.cli import Command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="a prepared SampleSpec or EvalSpec JSON file")
+    parser.add_argument("--events", action="store_true", help="print progress/result events for a worker")
+
+
+def _runner(kind: str):
+    def run(args) -> int:
+        from pydantic import ValidationError
+
+        from openseek_nanochat.events import emit
+        from openseek_nanochat.probe import evaluate, sample
+        from openseek_nanochat.probe.spec import EvalSpec, SampleSpec
+        from openseek_nanochat.train.job import emitter
+
+        model, runner = {"sample": (SampleSpec, sample.run), "eval": (EvalSpec, evaluate.run)}[kind]
+
+        def fail(message: str, where: str | None) -> int:
+            if args.events:
+                emit("error", message=message, where=where)
+            print(f"error: {where + ': ' if where else ''}{message}", file=sys.stderr)
+            return 2
+
+        try:
+            with open(args.spec, encoding="utf-8") as f:
+                spec = model.model_validate_json(f.read())
+        except OSError as e:
+            return fail(f"cannot read the spec: {e}", args.spec)
+        except ValidationError as e:
+            errors = (f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg']}" for err in e.errors())
+            return fail("; ".join(errors), args.spec)
+        if spec.checkpoint is None:
+            return fail("no checkpoint: submit the spec to the service, which finds it", "checkpoint")
+        try:
+            result = runner(spec, emitter(args.events))
+        except (OSError, RuntimeError) as e:
+            return fail(str(e), None)
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
+
+    return run
+
+
+sample = Command("sample text from a train job's checkpoint", add_arguments, _runner("sample"))
+evaluate = Command("bits per byte of a train job's checkpoint on a validation shard", add_arguments, _runner("eval"))
