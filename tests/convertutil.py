@@ -29,7 +29,10 @@ def read_docs(out: Path, split: str | None = None) -> list[str]:
 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in shard_paths(out)}
+    """Every shard and its provenance sidecar, as bytes."""
+    sidecars = sorted((Path(out) / "provenance").glob("*.parquet"))
+    assert [p.name for p in sidecars] == [p.name for p in shard_paths(out)]
+    return {**{p.name: p.read_bytes() for p in shard_paths(out)}, **{f"provenance/{p.name}": p.read_bytes() for p in sidecars}}
 
 
 def jsonl_records(path: Path) -> list[dict]:

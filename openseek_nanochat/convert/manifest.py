@@ -10,6 +10,9 @@ manifest, or the last one that resumed it while it was incomplete. A job that fi
 owns nothing. The owner is not part of the fingerprint, so a resubmitted spec still resumes. `attempt` names the
 owner's attempt that took the folder: before each rename into it, a run checks that the manifest still names its own
 job and attempt (fence.py), so a superseded attempt renames nothing.
+
+Each shard's record names its provenance sidecar (provenance.py) with its bytes and sha256, and holds its documents'
+length histogram; each source lists its `items`, what the sidecars' `item` column indexes.
 """
 
 import json
@@ -18,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from openseek_nanochat.atomic import temp_path, write_json_atomic
-from openseek_nanochat.convert import fence
+from openseek_nanochat.atomic import fsync_dir, temp_path, write_json_atomic
+from openseek_nanochat.convert import fence, lengths, provenance
 from openseek_nanochat.convert.mixture import SourceReader
 from openseek_nanochat.convert.shards import ShardInfo, list_shards
 from openseek_nanochat.convert.sources import TextSource
@@ -27,7 +30,8 @@ from openseek_nanochat.convert.spec import ConvertSpec
 from openseek_nanochat.errors import InputError
 
 NAME = "manifest.json"
-FORMAT = "openseek-nanochat.convert/1"
+# /2: shards have provenance sidecars and length histograms; a /1 folder has neither, so it is not resumed.
+FORMAT = "openseek-nanochat.convert/2"
 
 
 class Manifest:
@@ -88,8 +92,13 @@ class Manifest:
             raise InputError("already holds shards and no manifest; choose an empty output_dir", str(self.out))
         # Whatever a crash left beyond the last recorded shard is rewritten, identically. Temp names are atomic.py's.
         recorded = {shard["file"] for shard in self.shards}
-        stale = [p for p in list_shards(self.out) if p.name not in recorded]
-        for path in list(self.out.glob(temp_path(Path("*")).name)) + stale:
+        sidecars = self.out / provenance.FOLDER
+        if not sidecars.is_dir():
+            sidecars.mkdir()
+            fsync_dir(self.out)
+        stale = [p for p in list_shards(self.out) + list_shards(sidecars) if p.name not in recorded]
+        temps = [p for folder in (self.out, sidecars) for p in folder.glob(temp_path(Path("*")).name)]
+        for path in temps + stale:
             path.unlink()
         self.write(complete=False, resume=self.resume_from)
         self.taken = True
@@ -154,6 +163,7 @@ class Manifest:
                     "share_docs": round(int(self.source_docs[i]) / total_docs, 6),
                     "share_chars": round(int(self.source_chars[i]) / total_chars, 6),
                     "epochs": (reader.epoch + 1) if reader else None,
+                    "items": source.provenance_items(),
                     "skipped": dict(reader.skipped) if reader else {},
                     "stats": dict(reader.stats) if reader else {},
                 }
@@ -187,6 +197,10 @@ def _totals(shards: list[dict], sources: list[dict]) -> dict:
         "shards": len(shards),
         "train_shards": sum(s["split"] == "train" for s in shards),
         "val_docs": sum(s["rows"] for s in shards if s["split"] == "val"),
+        "length_bins": lengths.edges(),
+        "length_hist": np.sum([s["length_hist"] for s in shards], axis=0, dtype=np.int64).tolist()
+        if shards
+        else [0] * lengths.BINS,
         "skipped": _sum_counters(s["skipped"] for s in sources),
     }
 

@@ -8,6 +8,9 @@ makes a conversion resumable: `DocStream.blocks(snapshot)` regenerates the strea
 
 Without a budget every document of every source appears exactly once; weights only shape the interleaving. With a
 budget, a source that runs out starts a new epoch, as Megatron's blended datasets do.
+
+Each document keeps its provenance through the shuffle: a block is a table whose rows carry, beside the text, the
+source index, and the item and position the source gave it (base.py), permuted together.
 """
 
 from collections import Counter
@@ -26,8 +29,11 @@ BLOCK_CHARS_CAP = 64_000_000
 FIRST_BLOCK_CHARS = 8_000_000
 
 
-def _empty_texts() -> pa.Array:
-    return pa.array([], pa.string())
+DOCS_SCHEMA = pa.schema([("text", pa.string()), ("item", pa.int32()), ("pos", pa.int64())])
+
+
+def _empty_docs() -> pa.Table:
+    return DOCS_SCHEMA.empty_table()
 
 
 class SourceReader:
@@ -46,7 +52,7 @@ class SourceReader:
         self.seen_chars = 0
         self._progress_span = (0.0, 0.0)  # the source's progress before and after the held batch
         self._iter = None
-        self._texts = _empty_texts()
+        self._docs = _empty_docs()  # the held batch's kept documents: text, item, pos
         self._lengths = np.zeros(0, np.int64)
         self._count_next = True  # False for the re-fetch of the held batch after a restore
         self._docs_this_epoch = 0
@@ -95,9 +101,13 @@ class SourceReader:
             short = pc.and_not(pc.less(lengths, self.min_chars), empty)
             keep = pc.invert(pc.or_(empty, short))
             dropped = pc.sum(pc.invert(keep)).as_py() or 0
-            kept, kept_lengths = (texts.filter(keep), lengths.filter(keep)) if dropped else (texts, lengths)
-            if kept.type != pa.string():
-                kept = kept.cast(pa.string())
+            docs = pa.table(
+                [texts, pa.array(batch.items, pa.int32()), pa.array(batch.positions, pa.int64())],
+                names=["text", "item", "pos"],
+            )
+            kept, kept_lengths = (docs.filter(keep), lengths.filter(keep)) if dropped else (docs, lengths)
+            if kept.schema != DOCS_SCHEMA:
+                kept = kept.cast(DOCS_SCHEMA)
             kept_lengths = kept_lengths.to_numpy(zero_copy_only=False).astype(np.int64)
             if self._count_next and self.epoch == 0:
                 for reason, n in batch.skipped.items():
@@ -107,22 +117,22 @@ class SourceReader:
                 self.skipped["empty"] += pc.sum(empty).as_py() or 0
                 self.skipped["short"] += pc.sum(short).as_py() or 0
             if self._count_next:
-                self.seen_docs += len(kept)
+                self.seen_docs += kept.num_rows
                 self.seen_chars += int(kept_lengths.sum())
             self._count_next = True
             if batch.progress is not None:
                 self._progress_span = (self._progress_span[1], batch.progress)
             self.cursor, self.offset = batch.cursor, 0
-            self._texts, self._lengths = kept, kept_lengths
-            if len(kept):
-                self._docs_this_epoch += len(kept)
+            self._docs, self._lengths = kept, kept_lengths
+            if kept.num_rows:
+                self._docs_this_epoch += kept.num_rows
                 return True
 
     @property
     def progress(self) -> float:
         """The fraction of the source taken, interpolated through the held batch (a batch can be a whole file)."""
         before, after = self._progress_span
-        held = len(self._texts)
+        held = self._docs.num_rows
         return after if not held else before + (after - before) * min(self.offset, held) / held
 
     def _new_epoch(self) -> None:
@@ -132,13 +142,13 @@ class SourceReader:
         self._iter, self._docs_this_epoch = None, 0
         self.exhausted = False
 
-    def take(self, quota: int, by_chars: bool, repeat: bool) -> tuple[list[pa.Array], list[np.ndarray], int, int]:
+    def take(self, quota: int, by_chars: bool, repeat: bool) -> tuple[list[pa.Table], list[np.ndarray], int, int]:
         """Documents until `quota` units (docs, or chars: the last one may cross it).
 
-        Returns (text arrays, their lengths in chars, docs, chars)."""
+        Returns (tables of text, item, pos; their lengths in chars; docs; chars)."""
         parts, part_lengths, docs, chars = [], [], 0, 0
         while (chars if by_chars else docs) < quota:
-            if self.offset >= len(self._texts):
+            if self.offset >= self._docs.num_rows:
                 if self.exhausted or not self._fetch():
                     self.exhausted = True
                     if not repeat:
@@ -151,14 +161,14 @@ class SourceReader:
             else:
                 n = quota - docs
             n = min(n, len(lengths))
-            parts.append(self._texts.slice(self.offset, n))
+            parts.append(self._docs.slice(self.offset, n))
             part_lengths.append(lengths[:n])
             docs, chars = docs + n, chars + int(lengths[:n].sum())
             self.offset += n
         return parts, part_lengths, docs, chars
 
     def mean_length(self) -> float | None:
-        if not self.seen_docs and self.offset >= len(self._texts) and not self.exhausted:
+        if not self.seen_docs and self.offset >= self._docs.num_rows and not self.exhausted:
             self._fetch()  # peek: the first block needs a length estimate
             self.offset = 0
         return self.seen_chars / self.seen_docs if self.seen_docs else None
@@ -168,7 +178,7 @@ class SourceReader:
 class Block:
     index: int
     snapshot: dict  # the stream state just before this block; DocStream.blocks(snapshot) regenerates from here
-    table: pa.Table  # columns: text (string), source (int16), chars (int64)
+    table: pa.Table  # columns: text (string), item (int32), pos (int64), source (int16), chars (int64)
 
 
 class DocStream:
@@ -266,10 +276,11 @@ class DocStream:
                 if all(r.exhausted for r in self.readers) and not self.repeat:
                     return
                 continue
-            texts = pa.chunked_array(parts, pa.string())
-            if sum(p.nbytes for p in parts) >= 2**31 - 2**24:  # a freak block of huge documents: 64-bit offsets
-                texts = texts.cast(pa.large_string())
-            table = pa.table({"text": texts, "source": np.concatenate(source_ids), "chars": np.concatenate(lengths)})
+            table = pa.concat_tables(parts)
+            if table.column("text").nbytes >= 2**31 - 2**24:  # a freak block of huge documents: 64-bit offsets
+                table = table.set_column(0, "text", table.column("text").cast(pa.large_string()))
+            table = table.append_column("source", pa.array(np.concatenate(source_ids)))
+            table = table.append_column("chars", pa.array(np.concatenate(lengths)))
             table = table.take(self._order(index, table.column("source").to_numpy()))
             table = self._cut_at_budget(table)
             self.stream_docs += table.num_rows

@@ -21,12 +21,12 @@ from openseek_nanochat import procs
 from openseek_nanochat.convert.shard_file import ShardFile, unpack
 
 
-def write_shard(tmp: str, groups: list[bytes]) -> tuple[int, str]:
-    """In a worker: the shard at `tmp` from its packed row groups; returns (bytes, sha256)."""
-    shard = ShardFile(Path(tmp))
+def write_shard(tmp: str, sidecar_tmp: str, groups: list[tuple[bytes, bytes]]):
+    """In a worker: the shard at `tmp` and its sidecar from its packed row groups; returns what ShardFile.close does."""
+    shard = ShardFile(Path(tmp), Path(sidecar_tmp))
     try:
         for group in groups:
-            shard.write(unpack(group))
+            shard.write(*unpack(group))
         return shard.close()
     except BaseException:
         shard.discard()
@@ -49,8 +49,8 @@ class ShardPool:
         for _ in range(processes):
             self.executor.submit(int)
 
-    def submit(self, tmp: Path, groups: list[bytes]) -> Future:
-        return self.executor.submit(write_shard, str(tmp), groups)
+    def submit(self, tmp: Path, sidecar_tmp: Path, groups: list[tuple[bytes, bytes]]) -> Future:
+        return self.executor.submit(write_shard, str(tmp), str(sidecar_tmp), groups)
 
     def close(self) -> None:
         """Stop the workers; a shard still queued is dropped, one being written is finished (its writer unlinks it)."""

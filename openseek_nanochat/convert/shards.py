@@ -5,6 +5,8 @@ rows; the last shard is the validation split. A shard is written under atomic.py
 (fsync, rename, fsync of the folder) when complete, so a reader never sees half a shard. A train shard closes at the
 first row-group boundary at or past the size target (nanochat's loaders stride row groups across ranks, so full row
 groups matter). Shards are written here or by worker processes (shard_pool.py), to the same bytes either way.
+Each shard has its provenance sidecar (provenance.py), published just before it, and a histogram of its documents'
+lengths (lengths.py) in its record.
 """
 
 from collections import deque
@@ -16,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from openseek_nanochat.atomic import publish, temp_path
+from openseek_nanochat.convert import lengths, provenance
 from openseek_nanochat.convert.shard_file import ShardFile, pack
 from openseek_nanochat.convert.shard_pool import ShardPool
 
@@ -41,12 +44,14 @@ class ShardInfo:
     row_groups: int
     sha256: str
     split: str
+    provenance: dict = field(default_factory=dict)  # the sidecar: file, bytes, sha256
+    length_hist: list[int] = field(default_factory=list)  # documents per length bin (lengths.py)
     source_docs: list[int] = field(default_factory=list)  # documents per source in this shard
     source_chars: list[int] = field(default_factory=list)
 
     def public(self) -> dict:
         d = asdict(self)
-        d.pop("source_docs"), d.pop("source_chars")
+        d.pop("source_chars")
         return d
 
 
@@ -131,9 +136,13 @@ class ShardWriter:
             if not future.cancel():
                 future.exception()  # wait: the file is the worker's until it returns
             temp_path(final).unlink(missing_ok=True)
+            temp_path(self._sidecar(final)).unlink(missing_ok=True)
         self._in_flight.clear()
 
     # -- internals ------------------------------------------------------------------------------------------------
+    def _sidecar(self, final: Path) -> Path:
+        return provenance.sidecar_path(self.out_dir, final.name)
+
     def next_group_rows(self) -> int:
         if self.rows_per_shard is None:
             return self.row_group_size
@@ -166,14 +175,17 @@ class ShardWriter:
                 "row_groups": 0,
                 "source_docs": np.zeros(self.num_sources, np.int64),
                 "source_chars": np.zeros(self.num_sources, np.int64),
+                "length_hist": np.zeros(lengths.BINS, np.int64),
             }
-            self._open = ([] if self.pool else ShardFile(temp_path(final)), final, counters)
+            shard = [] if self.pool else ShardFile(temp_path(final), temp_path(self._sidecar(final)))
+            self._open = (shard, final, counters)
         shard, _, counters = self._open
         text = group.column("text").cast(pa.string())
+        origin = provenance.columns(group)
         if self.pool:
-            shard.append(pack(text))  # a copy of just these rows: the block they came from can go
+            shard.append(pack(text, origin))  # a copy of just these rows: the block they came from can go
         else:
-            shard.write(text)
+            shard.write(text, origin)
         sources = group.column("source").to_numpy()
         chars = group.column("chars").to_numpy()
         counters["rows"] += group.num_rows
@@ -181,6 +193,7 @@ class ShardWriter:
         counters["row_groups"] += 1
         counters["source_docs"] += np.bincount(sources, minlength=self.num_sources)
         counters["source_chars"] += np.bincount(sources, weights=chars, minlength=self.num_sources).astype(np.int64)
+        counters["length_hist"] += lengths.histogram(chars)
 
     def _close(self, split: str) -> list[ShardInfo]:
         shard, final, counters = self._open
@@ -193,7 +206,8 @@ class ShardWriter:
         self._open = None
         self.index += 1
         done = self._collect(wait=False, room=True)
-        self._in_flight.append((self.pool.submit(temp_path(final), shard), final, counters, split))
+        sidecar_tmp = temp_path(self._sidecar(final))
+        self._in_flight.append((self.pool.submit(temp_path(final), sidecar_tmp, shard), final, counters, split))
         return done
 
     def _collect(self, wait: bool, room: bool = False) -> list[ShardInfo]:
@@ -209,12 +223,16 @@ class ShardWriter:
             done.append(info)
         return done
 
-    def _publish(self, final: Path, counters: dict, split: str, written: Callable[[], tuple[int, str]]) -> ShardInfo:
-        """Rename the shard into place once `written()` (its bytes and sha256) returns and the fence allows it. On
-        any failure the shard stays in the writer's hands (`_open` or `_in_flight`), and `abort` removes it."""
-        size, sha256 = written()
+    def _publish(self, final: Path, counters: dict, split: str, written: Callable[[], tuple]) -> ShardInfo:
+        """Rename the sidecar and then the shard into place once `written()` (their bytes and sha256) returns and the
+        fence allows it: a shard is never without its sidecar. On any failure the shard stays in the writer's hands
+        (`_open` or `_in_flight`), and `abort` removes it; a sidecar renamed without its shard is removed by the next
+        run's manifest.open, as any file beyond the last recorded shard."""
+        (size, sha256), (sidecar_size, sidecar_sha256) = written()
         if self.before_publish is not None:
             self.before_publish()
+        sidecar = self._sidecar(final)
+        publish(temp_path(sidecar), sidecar)
         publish(temp_path(final), final)
         return ShardInfo(
             file=final.name,
@@ -224,6 +242,12 @@ class ShardWriter:
             row_groups=counters["row_groups"],
             sha256=sha256,
             split=split,
+            provenance={
+                "file": sidecar.relative_to(self.out_dir).as_posix(),
+                "bytes": sidecar_size,
+                "sha256": sidecar_sha256,
+            },
+            length_hist=counters["length_hist"].tolist(),
             source_docs=counters["source_docs"].tolist(),
             source_chars=counters["source_chars"].tolist(),
         )

@@ -1,11 +1,13 @@
 """Local files: JSONL (also .gz/.zst), parquet, Arrow IPC/feather, and plain text (one document per file).
 
-Cursor: {"file": index into the sorted file list, "row": record index inside that file}; a JSONL batch adds "byte",
-where its first line starts in the (decompressed) file. JSONL is cut into blocks of whole lines, each parsed by
-Arrow's JSON reader, so each batch's byte offset is known and a resume starts there instead of parsing the file up to
-the cursor again: a plain file is seeked, a compressed one (gzip and zstd streams cannot seek) decompressed up to it
-unparsed. When Arrow rejects a block, the file continues through Python's json line by line from the first row not
-yet yielded, so a malformed line is reported as file:line (on_error="fail") or dropped and counted ("skip").
+Cursor: {"file": index into the sorted file list, "row": record index inside that file}; a JSONL batch adds "byte"
+and "line", where its first line starts in the (decompressed) file and that line's number. JSONL is cut into blocks
+of whole lines, each parsed by Arrow's JSON reader, so each batch's byte offset is known and a resume starts there
+instead of parsing the file up to the cursor again: a plain file is seeked, a compressed one (gzip and zstd streams
+cannot seek) decompressed up to it unparsed. A JSONL document's position is its line number (blank lines are no
+records but count as lines), found per block from the newlines in its bytes; a parquet or Arrow document's is its
+row. When Arrow rejects a block, the file continues through Python's json line by line from the first row not yet
+yielded, so a malformed line is reported as file:line (on_error="fail") or dropped and counted ("skip").
 """
 
 import io
@@ -20,7 +22,7 @@ import pyarrow.json as pj
 import pyarrow.parquet as pq
 
 from openseek_nanochat.convert.prefetch import prefetch
-from openseek_nanochat.convert.sources.base import Batch, file_fingerprint
+from openseek_nanochat.convert.sources.base import Batch, file_fingerprint, run_of
 from openseek_nanochat.convert.sources.text import check_columns, needed_columns, select_text
 from openseek_nanochat.convert.spec import FilesSource
 from openseek_nanochat.errors import InputError
@@ -99,6 +101,19 @@ def _line_blocks_seeking(raw: pa.NativeFile, offset: int) -> Iterator[tuple[int,
         yield offset, block.slice(0, cut)
         offset += cut
         size = JSON_BLOCK_BYTES
+
+
+def _record_lines(block: pa.Buffer, first_line: int) -> tuple[np.ndarray, int]:
+    """(the line number of each record in `block`, the number of the line after it): a record is a line with a byte
+    other than JSON whitespace, as Arrow's reader counts them. One pass in numpy, no Python per line."""
+    data = np.frombuffer(block, np.uint8)
+    newlines = np.flatnonzero(data == 10)
+    starts = np.concatenate(([0], newlines + 1))
+    starts = starts[starts < len(data)]
+    if not len(starts):
+        return np.zeros(0, np.int64), first_line + len(newlines)
+    records = np.flatnonzero(np.maximum.reduceat(data, starts) > 32)  # tab, LF, CR and space are all <= 32
+    return first_line + records.astype(np.int64), first_line + len(newlines)
 
 
 def _skip_to(stream: pa.NativeFile, raw: pa.NativeFile, offset: int, path: Path) -> None:
@@ -189,14 +204,21 @@ class FilesTextSource:
     def fingerprint(self) -> list[dict]:
         return [file_fingerprint(p) for p in self.files]
 
+    def provenance_items(self) -> list[dict]:
+        position = {"jsonl": "line", "parquet": "row", "arrow": "row", "text": "row"}  # a text file is one row
+        return [{"file": str(p), "pos": position[fmt]} for p, fmt in zip(self.files, self.formats)]
+
     def read(self, cursor: dict | None = None) -> Iterator[Batch]:
         start_file, start_row = (cursor["file"], cursor["row"]) if cursor else (0, 0)
-        start_byte = cursor.get("byte") if cursor else None  # cursors of JSONL batches (older ones have none)
+        # Cursors of JSONL batches; a resume seeks to the byte only where the cursor knows that line's number too.
+        start_byte = cursor.get("byte") if cursor and "line" in cursor else None
+        start_line = cursor.get("line") if start_byte is not None else None
         for index in range(start_file, len(self.files)):
             path, fmt = self.files[index], self.formats[index]
             row = start_row if index == start_file else 0
             if fmt == "jsonl":
-                yield from self._read_jsonl(index, path, row, start_byte if index == start_file else None)
+                at = (start_byte, start_line) if index == start_file and start_byte is not None else None
+                yield from self._read_jsonl(index, path, row, at)
                 continue
             reader = {"parquet": self._read_parquet, "arrow": self._read_arrow, "text": self._read_text}[fmt]
             yield from reader(index, path, row)
@@ -204,16 +226,27 @@ class FilesTextSource:
                 return  # text files are batched across files by _read_text itself
 
     def _batch(
-        self, index: int, row: int, table, path: Path, skipped: dict | None = None, bytes_read: int | None = None
+        self,
+        index: int,
+        row: int,
+        table,
+        path: Path,
+        skipped: dict | None = None,
+        bytes_read: int | None = None,
+        lines: np.ndarray | None = None,
     ) -> Batch:
-        """A batch of rows of file `index`; progress counts `bytes_read` of it, or the whole file when unknown."""
+        """A batch of rows of file `index` from `row`; progress counts `bytes_read` of it, or the whole file when
+        unknown. Positions are the rows, or `lines` for JSONL."""
         texts = select_text(table, self.spec, str(path))
         done = self._bytes_before[index] + bytes_read if bytes_read is not None else self._bytes_before[index + 1]
+        items, positions = run_of(index, row, len(texts))
         return Batch(
             cursor={"file": index, "row": row},
             texts=texts,
             skipped=skipped or {},
             progress=min(1.0, done / self.total_bytes),
+            items=items,
+            positions=positions if lines is None else lines,
         )
 
     def _read_parquet(self, index: int, path: Path, row: int) -> Iterator[Batch]:
@@ -268,7 +301,7 @@ class FilesTextSource:
     def _read_text(self, index: int, path: Path, row: int) -> Iterator[Batch]:
         """Plain text: each file is one document; files are batched together (cursor row is always 0)."""
         for first in range(index, len(self.files), TEXT_FILES_PER_BATCH):
-            texts, skipped = [], {}
+            texts, skipped, unreadable = [], {}, set()
             for i in range(first, min(first + TEXT_FILES_PER_BATCH, len(self.files))):
                 try:
                     texts.append(self.files[i].read_bytes().decode("utf-8"))
@@ -276,10 +309,18 @@ class FilesTextSource:
                     if self.on_error == "fail":
                         raise InputError(f"not valid UTF-8 (byte {e.start}): {e.reason}", str(self.files[i])) from None
                     skipped["invalid_utf8"] = skipped.get("invalid_utf8", 0) + 1
+                    unreadable.add(i)
                 except OSError as e:
                     raise InputError(f"cannot read: {e.strerror}", str(self.files[i])) from None
             end = min(first + TEXT_FILES_PER_BATCH, len(self.files))
-            batch = Batch(cursor={"file": first, "row": 0}, texts=pa.array(texts, pa.string()), skipped=skipped)
+            read = np.array([i for i in range(first, end) if i not in unreadable], np.int32)
+            batch = Batch(
+                cursor={"file": first, "row": 0},
+                texts=pa.array(texts, pa.string()),
+                skipped=skipped,
+                items=read,
+                positions=np.zeros(len(read), np.int64),
+            )
             batch.progress = self._bytes_before[end] / self.total_bytes
             yield batch
 
@@ -295,12 +336,12 @@ class FilesTextSource:
             ]
         )
 
-    def _read_jsonl(self, index: int, path: Path, row: int, byte: int | None = None) -> Iterator[Batch]:
-        """Rows from `row` on; `byte`, when known, is where row `row` starts, and reading begins there."""
+    def _read_jsonl(self, index: int, path: Path, row: int, at: tuple[int, int] | None = None) -> Iterator[Batch]:
+        """Rows from `row` on; `at`, when known, is (byte, line number) where row `row` starts: reading begins there."""
         schema = self._json_schema(path)
         read_options = pj.ReadOptions(block_size=JSON_PARSE_BYTES, use_threads=True)
         parse_options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-        done, offset = (row, byte) if byte is not None else (0, 0)
+        done, (offset, line) = (row, at) if at is not None else (0, (0, 1))
         stream, raw = _open_stream(path)
         blocks = None
         try:
@@ -308,13 +349,18 @@ class FilesTextSource:
             blocks = prefetch(_line_blocks(stream, offset))  # the next block is read while this one is parsed
             for block_offset, block in blocks:
                 table = pj.read_json(pa.BufferReader(block), read_options=read_options, parse_options=parse_options)
+                lines, next_line = _record_lines(block, line)
+                if len(lines) != table.num_rows:  # Arrow counted records otherwise: let Python's json count them
+                    raise pa.ArrowInvalid("records and lines disagree")
                 if done + table.num_rows > row:
                     cut = max(0, row - done)
-                    batch = self._batch(index, done + cut, table.slice(cut), path, bytes_read=raw.tell())
+                    batch = self._batch(
+                        index, done + cut, table.slice(cut), path, bytes_read=raw.tell(), lines=lines[cut:]
+                    )
                     if cut == 0:
-                        batch.cursor["byte"] = block_offset
+                        batch.cursor.update(byte=block_offset, line=line)
                     yield batch
-                done += table.num_rows
+                done, line = done + table.num_rows, next_line
             return
         except pa.ArrowInvalid:
             pass  # a malformed line or a type that changed: continue line by line from the first row not yet yielded
@@ -348,7 +394,7 @@ class FilesTextSource:
             return None
 
     def _read_jsonl_python(self, index: int, path: Path, row: int, schema: pa.Schema) -> Iterator[Batch]:
-        records, skipped, batch_row, record_index = [], {}, row, -1
+        records, lines, skipped, batch_row, record_index = [], [], {}, row, -1
         try:
             for line_number, line in self._iter_json_records(path):
                 record_index += 1
@@ -358,17 +404,19 @@ class FilesTextSource:
                 if record is None:
                     skipped["malformed"] = skipped.get("malformed", 0) + 1
                 records.append(record)
+                lines.append(line_number)
                 if len(records) == ROWS_PER_BATCH:
-                    yield self._python_batch(index, batch_row, records, skipped, schema, path)
+                    yield self._python_batch(index, batch_row, records, lines, skipped, schema, path)
                     batch_row += len(records)
-                    records, skipped = [], {}
+                    records, lines, skipped = [], [], {}
         except UnicodeDecodeError as e:
             raise InputError(f"not valid UTF-8: {e.reason}", str(path)) from None
         if records or skipped:
-            yield self._python_batch(index, batch_row, records, skipped, schema, path)
+            yield self._python_batch(index, batch_row, records, lines, skipped, schema, path)
 
-    def _python_batch(self, index, row, records, skipped, schema, path) -> Batch:
+    def _python_batch(self, index, row, records, lines, skipped, schema, path) -> Batch:
         kept = [r for r in records if r is not None]
+        kept_lines = np.array([n for r, n in zip(records, lines) if r is not None], np.int64)
         columns = {}
         for field in schema:
             values = [r[field.name] for r in kept]
@@ -380,4 +428,5 @@ class FilesTextSource:
                     [v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in values],
                     pa.string(),
                 )
-        return self._batch(index, row, pa.table(columns) if kept else schema.empty_table(), path, skipped)
+        table = pa.table(columns) if kept else schema.empty_table()
+        return self._batch(index, row, table, path, skipped, lines=kept_lines)

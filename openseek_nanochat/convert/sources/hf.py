@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from openseek_nanochat import events, procs
-from openseek_nanochat.convert.sources.base import Batch, file_fingerprint
+from openseek_nanochat.convert.sources.base import Batch, file_fingerprint, run_of
 from openseek_nanochat.convert.sources.text import check_columns, needed_columns
 from openseek_nanochat.convert.spec import HFSource
 from openseek_nanochat.errors import InputError
@@ -128,6 +128,9 @@ class HFTextSource:
         # A link out of the roots is never read, and its target's size and time must not reach the manifest either.
         return [file_fingerprint(p) for p in files if in_input_roots(p, self.settings)]
 
+    def provenance_items(self) -> list[dict]:
+        return [{"dataset": self.spec.dataset, "name": self.spec.name, "split": self.spec.split, "pos": "row"}]
+
     def read(self, cursor: dict | None = None) -> Iterator[Batch]:
         from openseek_nanochat.convert.sources.text import select_text
 
@@ -150,7 +153,10 @@ class HFTextSource:
             table = next(tables, None)
             if table is None:
                 return
-            batch = Batch(cursor=at, texts=select_text(table, self.spec, self.spec.dataset))
+            items, positions = run_of(0, row, table.num_rows)  # the row of the split, as `datasets` numbers them
+            batch = Batch(
+                cursor=at, texts=select_text(table, self.spec, self.spec.dataset), items=items, positions=positions
+            )
             row += table.num_rows
             batch.progress = row / total if total else None
             yield batch

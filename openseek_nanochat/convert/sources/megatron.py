@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from openseek_nanochat.convert.sources.base import Batch, file_fingerprint
+from openseek_nanochat.convert.sources.base import Batch, file_fingerprint, run_of
 from openseek_nanochat.convert.sources.detok import Detokenizer
 from openseek_nanochat.convert.sources.megatron_index import MegatronIndex, prefix_paths
 from openseek_nanochat.convert.sources.openseek_config import read_openseek_config
@@ -160,6 +160,9 @@ class MegatronTextSource:
         parts = [file_fingerprint(path) for prefix in self.prefixes for path in prefix_paths(prefix)]
         return parts + [file_fingerprint(path) for path in self.files]
 
+    def provenance_items(self) -> list[dict]:
+        return [{"prefix": prefix, "pos": "doc"} for prefix in self.prefixes]
+
     def read(self, cursor: dict | None = None) -> Iterator[Batch]:
         start_part, start_doc = (cursor["part"], cursor["doc"]) if cursor else (0, 0)
         indexes = [self._open(prefix) for prefix in self.prefixes]
@@ -208,7 +211,10 @@ class MegatronTextSource:
                 str(index.bin_path),
             )
         decoded = self.detokenizer.decode(tokens, offsets)
+        items, positions = run_of(part, start, stop - start)
         return Batch(
+            items=items,
+            positions=positions,
             cursor={"part": part, "doc": start},
             texts=decoded.texts,
             progress=float(progress),
