@@ -32,7 +32,8 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
     """Every shard and its provenance sidecar, as bytes."""
     sidecars = sorted((Path(out) / "provenance").glob("*.parquet"))
     assert [p.name for p in sidecars] == [p.name for p in shard_paths(out)]
-    return {**{p.name: p.read_bytes() for p in shard_paths(out)}, **{f"provenance/{p.name}": p.read_bytes() for p in sidecars}}
+    shards = {p.name: p.read_bytes() for p in shard_paths(out)}
+    return {**shards, **{f"provenance/{p.name}": p.read_bytes() for p in sidecars}}
 
 
 def jsonl_records(path: Path) -> list[dict]:

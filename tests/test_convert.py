@@ -99,7 +99,7 @@ def test_nanochat_layout(shared_data, datasets):
     train = manifest["shards"][:-1]
     # Every train shard but the last is full: past the size target and made of whole row groups.
     assert all(s["chars"] >= 150_000 and s["rows"] % 100 == 0 for s in train[:-1])
-    assert not list(out.glob(".*tmp"))
+    assert not list(out.glob("**/.*tmp"))
 
 
 def test_local_parquet_dataset_through_datasets(shared_data, data_dir, datasets):

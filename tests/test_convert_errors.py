@@ -55,7 +55,7 @@ def test_malformed_json_line_fails_naming_file_and_line(data_dir, datasets):
     with pytest.raises(InputError) as e:
         run_spec({"sources": [files(src)], "output_dir": str(datasets / "o"), "chars_per_shard": 1000})
     assert e.value.where == f"{src}:4321" and "malformed JSON" in e.value.message
-    assert not list((datasets / "o").glob(".*.tmp"))
+    assert not list((datasets / "o").glob("**/.*.tmp"))
 
 
 def test_malformed_first_line_is_reported_at_submit(data_dir, datasets):
@@ -94,7 +94,7 @@ def test_empty_result_is_an_error_and_writes_no_shard(data_dir, datasets):
     src = write_jsonl(data_dir / "empty.jsonl", [{"text": "  "}, {"text": ""}, {"text": None}, {"text": "tiny"}])
     with pytest.raises(InputError, match=r"only 0 document\(s\) after filtering"):
         run_spec({"sources": [files(src)], "output_dir": str(datasets / "o"), "min_chars": 10})
-    assert not list((datasets / "o").glob("*.parquet")) and not list((datasets / "o").glob(".*.tmp"))
+    assert not list((datasets / "o").glob("*.parquet")) and not list((datasets / "o").glob("**/.*.tmp"))
 
 
 def test_unreadable_parquet_and_invalid_utf8_text(data_dir, datasets):

@@ -58,7 +58,7 @@ def test_resume_after_crash_is_byte_identical(mixed_spec, datasets, crash_at):
         run_spec({**mixed_spec, "output_dir": str(out)}, on_progress=crash_after(crash_at))
     partial = json.loads((out / "manifest.json").read_text())
     assert not partial["complete"] and len(partial["shards"]) == crash_at and partial["resume"]["stream_docs"] > 0
-    assert not list(out.glob(".*.tmp"))
+    assert not list(out.glob("**/.*.tmp"))
     resumed = run_spec({**mixed_spec, "output_dir": str(out)})
     assert shard_bytes(out) == shard_bytes(datasets / "clean")
     assert resumed["shards"] == clean["shards"] and resumed["sources"] == clean["sources"]
@@ -124,7 +124,7 @@ def test_sigkill_mid_run_then_rerun_is_byte_identical(shared_data, data_dir, tmp
     assert not partial["complete"], "the conversion finished before it could be killed"
     subprocess.run(command + [str(tmp_path / "killed.json")], check=True, capture_output=True)
     assert shard_bytes(datasets / "killed") == shard_bytes(datasets / "clean")
-    assert not list((datasets / "killed").glob(".*.tmp"))
+    assert not list((datasets / "killed").glob("**/.*.tmp"))
 
 
 @pytest.mark.parametrize("streaming", [True, False])
