@@ -130,3 +130,59 @@ def test_docs_are_served_without_a_cdn(server):
         assert body["examples"][example]["value"]["train_job"] == "<train job id>"
     dataset = schema["paths"]["/jobs/{job_id}/dataset"]["get"]["responses"]["200"]["content"]["application/json"]
     assert dataset["example"]["sources"][0]["share_chars"] > 0
+
+
+def test_samples_are_what_the_provenance_sidecars_say(server):
+    import pyarrow.parquet as pq
+
+    client = server.client
+    math500 = str(SHARED_DATA / "jsonl" / "math500.jsonl")
+    spec = gsm8k_spec(name="sampled", row_group_size=64)
+    spec["sources"].append({"type": "files", "paths": [math500], "text_template": "{problem}\n{solution}"})
+    job = wait_for_state(client, client.post("/jobs/convert", json=spec).json()["id"], "succeeded")
+    out = server.data_dir / "datasets" / "sampled"
+    manifest = json.loads((out / "manifest.json").read_text())
+    truth = {}
+    for shard in manifest["shards"]:
+        texts = pq.read_table(out / shard["file"]).column("text").to_pylist()
+        origin = pq.read_table(out / "provenance" / shard["file"]).to_pylist()
+        for row, (text, o) in enumerate(zip(texts, origin)):
+            source = manifest["sources"][o["source"]]
+            locator = {"file": source["items"][o["item"]]["file"], "line": o["pos"]}
+            truth[(shard["file"], row)] = (text, shard["split"], source["name"], locator)
+
+    samples = client.get(f"/jobs/{job['id']}/samples", params={"n": 25, "seed": 3, "max_chars": 40}).json()
+    assert len(samples) == 25
+    for doc in samples:
+        text, split, source, locator = truth[(doc["shard"], doc["row"])]
+        assert doc == {
+            "text": text[:40],
+            "chars": len(text),
+            "split": split,
+            "shard": doc["shard"],
+            "row": doc["row"],
+            "source": source,
+            "locator": locator,
+        }
+        line = (SHARED_DATA / "jsonl" / locator["file"].rsplit("/", 1)[-1]).read_text().split("\n")[locator["line"] - 1]
+        assert json.loads(line)  # the locator names a real record line
+    again = client.get(f"/jobs/{job['id']}/samples", params={"n": 25, "seed": 3, "max_chars": 40}).json()
+    assert again == samples
+    math = client.get(f"/jobs/{job['id']}/samples", params={"n": 100, "source": math500, "split": "val"}).json()
+    assert math and {d["source"] for d in math} == {math500} and {d["split"] for d in math} == {"val"}
+
+    response = client.get(f"/jobs/{job['id']}/samples", params={"source": "nope"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["msg"].startswith("the dataset has no source 'nope'; its sources are")
+    response = client.get(f"/jobs/{job['id']}/samples", params={"n": 101})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", "n"]
+    response = client.get("/jobs/0123456789abcdef0123456789abcdef/samples")
+    assert response.status_code == 404
+
+    # A conversion that failed once it had read its input: its dataset is unfinished.
+    failed = client.post("/jobs/convert", json=gsm8k_spec(name="too-few", val_docs=5000)).json()
+    wait_for_state(client, failed["id"], "failed")
+    response = client.get(f"/jobs/{failed['id']}/samples")
+    assert response.status_code == 409 and "is not finished yet (it is failed)" in response.json()["detail"]
+    schema = client.get("/openapi.json").json()["paths"]["/jobs/{job_id}/samples"]["get"]
+    assert schema["responses"]["200"]["content"]["application/json"]["example"][0]["locator"]["line"] == 1

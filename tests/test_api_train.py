@@ -407,3 +407,6 @@ def test_a_train_jobs_dataset_is_the_manifest_of_the_conversion_it_read(server, 
     assert source["share_chars"] == 1.0 and source["weight"] == 1.0
     response = server.client.get(f"/jobs/{dataset}/dataset")
     assert response.status_code == 404 and response.json() == {"detail": "convert jobs read no dataset"}
+    response = server.client.get(f"/jobs/{trained['id']}/samples")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "train jobs write no dataset to sample; a convert job does"}

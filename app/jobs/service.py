@@ -143,6 +143,28 @@ def read_dataset_manifest(engine: Engine, job_id: str) -> dict:
     return {**found, "output_dir": str(folder)}
 
 
+def sample_dataset(
+    engine: Engine, job_id: str, n: int, seed: int, source: str | None, split: str | None, max_chars: int
+):
+    """Documents drawn from a convert job's finished dataset with their provenance (convert/samples.py). NotFound for
+    another kind of job; Conflict while the dataset is unfinished; InputError for a source it does not have."""
+    from openseek_nanochat.convert import manifest as manifest_file
+    from openseek_nanochat.convert import samples
+
+    job = store.get_job(engine, job_id)
+    if job.kind != "convert":
+        raise store.NotFound(f"{job.kind} jobs write no dataset to sample; a convert job does")
+    folder = Path(job.spec["output_dir"])
+    found = manifest_file.read(folder)
+    if found is None or not found.get("complete"):
+        raise store.Conflict(
+            f"the dataset of job {job.id} is not finished yet (it is {job.state}); sample it when done"
+        )
+    if found.get("format") != manifest_file.FORMAT:
+        raise store.Conflict(f"the dataset in {folder} was written by an older version, without provenance")
+    return samples.draw(folder, found, n=n, seed=seed, source=source, split=split, max_chars=max_chars)
+
+
 def _request_hash(kind: str, spec: BaseModel) -> str:
     canonical = json.dumps({"kind": kind, "spec": spec.model_dump(mode="json")}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()

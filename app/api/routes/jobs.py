@@ -6,6 +6,9 @@ The handlers translate between HTTP and app/jobs/ (service.py, store.py, files.p
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi.exceptions import RequestValidationError
+
+from openseek_nanochat.errors import InputError
 
 from app.api.bodies import JSONBodyRoute
 from app.api.deps import EngineDep, JobId, SettingsDep
@@ -155,6 +158,62 @@ def get_dataset(job_id: JobId, engine: EngineDep) -> dict[str, Any]:
     """The `manifest.json` of the conversion the job reads: its sources with weights and shares (the mixture), shards
     and totals, plus `output_dir`. Runs that trained on different mixtures compare by it."""
     return service.read_dataset_manifest(engine, job_id)
+
+
+SAMPLES_EXAMPLE = [
+    {
+        "text": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May…",
+        "chars": 412,
+        "split": "train",
+        "shard": "shard_00000.parquet",
+        "row": 17,
+        "source": "/data/gsm8k/train.jsonl",
+        "locator": {"file": "/data/gsm8k/train.jsonl", "line": 1},
+    },
+    {
+        "text": "First Citizen:\nBefore we proceed any further, hear me speak.…",
+        "chars": 2810,
+        "split": "val",
+        "shard": "shard_00003.parquet",
+        "row": 2,
+        "source": "/data/OpenSeek-Pretrain-100B/arxiv/007_00000_text_document",
+        "locator": {"prefix": "/data/OpenSeek-Pretrain-100B/arxiv/007_00000_text_document", "doc": 5123},
+    },
+]
+
+
+@router.get(
+    "/{job_id}/samples",
+    summary="Documents of a conversion's dataset, with where each came from",
+    responses={
+        200: {"content": {"application/json": {"example": SAMPLES_EXAMPLE}}},
+        404: {"model": ErrorDetail, "description": "No such job, or not a convert job."},
+        409: {"model": ErrorDetail, "description": "The dataset is not finished (or has no provenance)."},
+        422: {"model": ValidationErrors, "description": "A parameter out of range, or a source the dataset lacks."},
+    },
+)
+def get_samples(
+    job_id: JobId,
+    engine: EngineDep,
+    n: Annotated[int, Query(ge=1, le=100, description="At most this many documents.")] = 10,
+    source: Annotated[
+        str | None, Query(max_length=4096, description="Only this source (its `name` in the manifest).")
+    ] = None,
+    split: Annotated[Literal["train", "val"] | None, Query(description="Only this split.")] = None,
+    seed: Annotated[int, Query(ge=0, le=2**32 - 1, description="The same seed draws the same documents.")] = 0,
+    max_chars: Annotated[int, Query(ge=1, le=100_000, description="Each text cut to this many characters.")] = 2000,
+) -> list[dict[str, Any]]:
+    """Documents drawn uniformly, without replacement, from the dataset a convert job wrote: each with its `text` (cut
+    to `max_chars`; `chars` is its whole length), `split`, `shard` and `row`, the `source` it came from and its
+    `locator` in that source's input: `{"file", "line"}` (JSONL, 1-based), `{"file", "row"}` (parquet, Arrow; 0-based),
+    `{"prefix", "doc"}` (Megatron, 0-based) or `{"dataset", "name", "split", "row"}` (Hugging Face). Read from the
+    shards' provenance sidecars (`provenance/` in the dataset folder)."""
+    try:
+        return service.sample_dataset(engine, job_id, n, seed, source, split, max_chars)
+    except InputError as e:
+        raise RequestValidationError(
+            [{"type": "input_error", "loc": ["query", e.where or "source"], "msg": e.message}]
+        ) from None
 
 
 @router.get(
