@@ -125,6 +125,35 @@ def test_a_conversions_page_shows_its_manifest(page, server):
     expect(page.locator("#log")).to_contain_text("attempt 1 started")
 
 
+def test_a_conversions_dataset_page_draws_shares_and_browses_samples(page, server):
+    gsm8k, math500 = (str(SHARED_DATA / "jsonl" / f"{name}.jsonl") for name in ("gsm8k", "math500"))
+    spec = {
+        "name": "two-sources",
+        "sources": [
+            {"type": "files", "paths": [gsm8k], "text_template": "{question}\n{answer}"},
+            {"type": "files", "paths": [math500], "text_template": "{problem}\n{solution}", "weight": 3},
+        ],
+        "chars_per_shard": 200_000,
+    }
+    job = wait_for_state(server.client, server.client.post("/jobs/convert", json=spec).json()["id"], "succeeded")
+    page.goto(f"/#/jobs/{job['id']}")
+    expect(page.locator("#dataset-section")).to_be_visible()
+    bars = page.locator("#share-chart .share-row")
+    expect(bars).to_have_count(2)  # one bar per source
+    expect(bars.nth(0)).to_have_attribute("data-source", gsm8k)
+    expect(bars.nth(0).locator(".bar.got")).to_have_count(1)
+    expect(page.locator("#length-chart .length-bin").first).to_be_visible()
+
+    first = server.client.get(f"/jobs/{job['id']}/samples", params={"n": 20, "seed": 0, "max_chars": 4000}).json()
+    expect(page.locator("#sample-where")).to_contain_text(f"line {first[0]['locator']['line']}")
+    expect(page.locator("#sample-text")).to_contain_text(first[0]["text"][:30])
+    page.click("#sample-next")
+    expect(page.locator("#sample-position")).to_have_text("document 2")
+    expect(page.locator("#sample-where")).to_contain_text(f"{first[1]['shard']} row {first[1]['row']}")
+    page.select_option("#sample-source", math500)
+    expect(page.locator("#sample-where")).to_contain_text(f"{math500} · file {math500}, line ")
+
+
 def test_a_finished_trainings_page_draws_one_point_per_logged_step(page, server, tmp_path):
     job_id, records = add_train_job(server.data_dir, tmp_path, num_iterations=20, eval_every=5)
     page.goto(f"/#/jobs/{job_id}")

@@ -5,6 +5,7 @@
 import { followEvents, request } from "./api.js";
 import { drawLineChart } from "./chart.js";
 import { evalsOf, fillEvalTable } from "./compare.js";
+import { DatasetView } from "./dataset.js";
 import * as fmt from "./format.js";
 import { $, cell, fillFacts, reportError, showNotice, showProgress, showState } from "./ui.js";
 
@@ -26,6 +27,7 @@ class JobPage {
     this.partial = "";
     this.skipPartialLine = false;
     this.shardsShown = null;
+    this.dataset = null; // the dataset view, once the conversion is complete
     this.refreshManifestSoon = throttle(() => this.refreshManifest(), DETAILS_EVERY_MS, signal);
     this.refreshMetricsSoon = throttle(() => this.refreshMetrics(), DETAILS_EVERY_MS, signal);
     this.refreshEvalsSoon = throttle(() => this.refreshEvals(), DETAILS_EVERY_MS, signal);
@@ -44,6 +46,7 @@ class JobPage {
     $("#try-section").hidden = true;
     $("#evals-section").hidden = true;
     $("#manifest-section").hidden = true;
+    $("#dataset-section").hidden = true;
     for (const selector of ["#try-status", "#try-error", "#eval-error"]) $(selector).textContent = "";
     $("#try-output").hidden = true;
     $("#try-form").onsubmit = (event) => this.tryModel(event);
@@ -158,6 +161,10 @@ class JobPage {
       `${fmt.count(t.shards)} shards (${fmt.count(t.train_shards)} train, 1 val), ${fmt.count(t.docs)} rows, ` +
       `${fmt.count(t.chars)} characters, ${fmt.bytes(t.bytes)} in ${manifest.output_dir} (${state})`;
     $("#manifest-section").hidden = false;
+    if (manifest.complete && !this.dataset) {
+      this.dataset = new DatasetView(this.id, this.signal);
+      this.dataset.show(manifest);
+    }
   }
 
   async refreshMetrics() {
