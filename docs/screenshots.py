@@ -1,5 +1,5 @@
-"""Take the dashboard screenshots of the README: docs/dashboard.png, docs/job-convert.png, docs/job-train.png and
-docs/compare.png.
+"""Take the dashboard screenshots of the README: docs/dashboard.png, docs/job-convert.png, docs/dataset.png,
+docs/job-train.png and docs/compare.png.
 
     .venv/bin/python docs/screenshots.py
 
@@ -45,6 +45,15 @@ def train(server, dataset: str) -> str:
     """A train job over HTTP, run by the service's worker: its id, once it has succeeded."""
     job = server.client.post("/jobs/train", json={**TRAIN_SPEC, "dataset": dataset}).raise_for_status().json()
     return wait_for_state(server.client, job["id"], "succeeded", timeout=600)["id"]
+
+
+def shoot_dataset(page, job_id: str) -> None:
+    """docs/dataset.png: a mixture's dataset view, on its second sample."""
+    page.goto(f"/#/jobs/{job_id}")
+    page.locator("#sample-where").filter(has_text="line").wait_for()
+    page.click("#sample-next")
+    page.locator("#sample-position").filter(has_text="document 2").wait_for()
+    page.locator("#dataset-section").screenshot(path=DOCS / "dataset.png")
 
 
 def main() -> None:
@@ -114,6 +123,8 @@ def main() -> None:
             page.goto(f"/#/jobs/{shakespeare['id']}")
             page.locator("#manifest tbody tr").first.wait_for()
             page.screenshot(path=DOCS / "job-convert.png", full_page=True)
+
+            shoot_dataset(page, mixture.json()["id"])
 
             page.goto(f"/#/jobs/{train_id}")
             page.locator("#loss-chart polyline").wait_for()
