@@ -202,7 +202,11 @@ def spec(datasets, shared_data) -> dict:
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     """Every file of the folder, hidden ones included: its bytes and when it last changed."""
-    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+    return {
+        p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def convert_process(spec: dict, spec_file: Path, job_id: str, attempt: int) -> subprocess.Popen:
