@@ -148,3 +148,37 @@ def test_resume_of_a_local_hf_dataset(shared_data, data_dir, streaming, datasets
         run_spec({**spec, "output_dir": str(datasets / "crashed")}, on_progress=crash_after(2))
     run_spec({**spec, "output_dir": str(datasets / "crashed")})
     assert shard_bytes(datasets / "crashed") == shard_bytes(datasets / "clean")
+
+
+def as_earlier_version(out, complete: bool) -> None:
+    """The folder as the previous manifest format left it: /1, no provenance sidecars."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest.update(format="openseek-nanochat.convert/1", complete=complete)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    for sidecar in (out / "provenance").iterdir():
+        sidecar.unlink()
+    (out / "provenance").rmdir()
+
+
+def files_in(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_dataset_finished_by_the_earlier_format_is_still_finished(mixed_spec, datasets):
+    spec = {**mixed_spec, "output_dir": str(datasets / "old")}
+    run_spec(spec)
+    as_earlier_version(datasets / "old", complete=True)
+    before = files_in(datasets / "old")
+    assert run_spec(spec)["format"] == "openseek-nanochat.convert/1"  # nothing to do, nothing rewritten
+    assert files_in(datasets / "old") == before
+
+
+def test_an_unfinished_conversion_of_the_earlier_format_is_refused_with_the_reason(mixed_spec, datasets):
+    from openseek_nanochat.errors import InputError
+
+    spec = {**mixed_spec, "output_dir": str(datasets / "old")}
+    with pytest.raises(Crash):
+        run_spec(spec, on_progress=crash_after(3))
+    as_earlier_version(datasets / "old", complete=False)
+    with pytest.raises(InputError, match=r"holds an unfinished conversion by an earlier version \(openseek-nanochat"):
+        run_spec(spec)

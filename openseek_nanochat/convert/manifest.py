@@ -31,7 +31,8 @@ from openseek_nanochat.errors import InputError
 
 NAME = "manifest.json"
 # /2: shards have provenance sidecars and length histograms; a /1 folder has neither, so it is not resumed.
-FORMAT = "openseek-nanochat.convert/2"
+FORMAT = "openseek-nanochat.convert/2"  # /2 adds provenance sidecars and the length histogram
+READABLE_FORMATS = ("openseek-nanochat.convert/1", FORMAT)  # a finished /1 dataset is still a finished dataset
 
 
 class Manifest:
@@ -64,9 +65,10 @@ class Manifest:
         path = self.out / NAME
         if path.exists():
             manifest = json.loads(path.read_text())
-            if manifest.get("format") != FORMAT:
+            if manifest.get("format") not in READABLE_FORMATS:
                 raise InputError(
-                    "holds a manifest this version cannot resume; choose another output_dir", str(self.out)
+                    f"holds a manifest of another format ({manifest.get('format')!r}); choose another output_dir",
+                    str(self.out),
                 )
             if manifest["spec"] != self.fingerprint["spec"]:
                 raise InputError(
@@ -81,7 +83,14 @@ class Manifest:
                     str(self.out),
                 )
             if manifest["complete"]:
-                return manifest
+                return manifest  # finished, by this version or an earlier one: nothing to do
+            if manifest["format"] != FORMAT:
+                raise InputError(
+                    f"holds an unfinished conversion by an earlier version ({manifest['format']}), which this one "
+                    "cannot resume (it records provenance the earlier one did not); delete the folder or choose "
+                    "another output_dir",
+                    str(self.out),
+                )
             fence.superseded_at_open(manifest, self.owner, self.attempt, str(path))
             self.shards = manifest["shards"]
             self.resume_from = manifest.get("resume")
