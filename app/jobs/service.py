@@ -182,6 +182,7 @@ def _not_owned(folder: Path, job: Job, settings: Settings) -> str | None:
     """Why a purge of `job` keeps `folder` (None: the job owns it). A run dir is its job's by id; a dataset is the
     job's when its manifest names the job as owner and it holds no folder of its own (another dataset, perhaps)."""
     from openseek_nanochat.convert import manifest as manifest_file
+    from openseek_nanochat.convert import provenance
 
     if folder.is_symlink():
         return "it is a symbolic link"
@@ -196,6 +197,7 @@ def _not_owned(folder: Path, job: Job, settings: Settings) -> str | None:
     if found.get("owner") != job.id:
         owner = found.get("owner")
         return f"its manifest names {f'job {owner}' if owner else 'no job'} as its owner, not job {job.id}"
-    if subfolders := sorted(p.name for p in folder.iterdir() if p.is_dir()):
+    own = provenance.sidecar_folder(folder)  # the conversion's own subfolder; a link there is not its own
+    if subfolders := sorted(p.name for p in folder.iterdir() if p.is_dir() and (p != own or p.is_symlink())):
         return f"it holds folders job {job.id} did not write ({', '.join(subfolders)}); remove them first"
     return None

@@ -19,8 +19,12 @@ FOLDER = "provenance"
 SCHEMA = pa.schema([("source", pa.int16()), ("item", pa.int32()), ("pos", pa.int64())])
 
 
+def sidecar_folder(out: Path) -> Path:
+    return Path(out) / FOLDER
+
+
 def sidecar_path(out: Path, shard_file: str) -> Path:
-    return Path(out) / FOLDER / shard_file
+    return sidecar_folder(out) / shard_file
 
 
 def columns(group: pa.Table) -> pa.Table:
