@@ -18,6 +18,8 @@ from openseek_nanochat.errors import InputError
 from openseek_nanochat.settings import Settings
 from openseek_nanochat.train.spec import TrainSpec
 
+from app.jobs.placement import Needs
+
 
 @dataclass(frozen=True)
 class JobKind:
@@ -35,6 +37,8 @@ class JobKind:
     manifest: Callable[[dict], Path | None] = lambda spec: None
     # Folders (or files) the job reads that other jobs wrote: no purge removes them while the job is unfinished.
     inputs: Callable[[dict], list[str]] = lambda spec: []
+    # What each node of the job needs, and how many nodes (app/jobs/placement.py): workers claim only what they serve.
+    needs: Callable[[dict], Needs] = lambda spec: Needs()
     summary: str = ""
     examples: dict[str, Any] = field(default_factory=dict)  # OpenAPI examples for the request body
 
@@ -113,7 +117,8 @@ def _prepare_train(spec: TrainSpec, settings: Settings, job_id: str, engine: Eng
             )
         return job.spec["output_dir"]
 
-    return prepare(spec, settings, job_id, lookup=convert_output)
+    # The devices are checked where the job runs: a worker claims only what its machine can serve.
+    return prepare(spec, settings, job_id, lookup=convert_output, this_machine=False)
 
 
 def _train_outputs(spec: dict, job_id: str) -> list[str]:
@@ -128,6 +133,10 @@ def _train_inputs(spec: dict) -> list[str]:
     return [spec["dataset"], *([tokenizer["path"]] if "path" in tokenizer else [])]
 
 
+def _train_needs(spec: dict) -> Needs:
+    return Needs(nnodes=spec.get("nnodes", 1), nproc_per_node=spec.get("nproc_per_node", 1), device=spec["device"])
+
+
 TRAIN = JobKind(
     name="train",
     spec_model=TrainSpec,
@@ -135,6 +144,7 @@ TRAIN = JobKind(
     command=_cli_command("train"),
     outputs=_train_outputs,
     inputs=_train_inputs,
+    needs=_train_needs,
     summary="Train a tokenizer and a model on converted shards (torchrun)",
     examples={
         "cpu": {
