@@ -396,6 +396,8 @@ def main(argv=None):
         log(f"nothing to do: the run is already at step {step}/{num_iterations}")
     if min_val_bpb < math.inf:
         log(f"Minimum validation bpb: {min_val_bpb:.6f}")
+    if device_type == "cuda":
+        log(f"Peak memory: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
     train_loader.close()
     if dist.is_initialized():
         dist.destroy_process_group()
