@@ -12,14 +12,13 @@ import pytest
 from openseek_nanochat.train import checkpoints as ckpt
 
 from serverutil import (
-    shakespeare_jsonl,
     start_server,
     start_worker,
     stop_process,
     wait_for_state,
     wait_until,
 )
-from test_api_train import METRIC_KEYS, log_text, processes_of, ranks, survivors
+from test_api_train import METRIC_KEYS, log_text, processes_of, ranks, shakespeare_dataset, survivors
 
 LEASE_SECONDS = 3
 NODE_ENV = {"OPENSEEK_NANOCHAT_LEASE_SECONDS": str(LEASE_SECONDS), "OPENSEEK_NANOCHAT_WORKER_HOST": "127.0.0.1"}
@@ -39,19 +38,6 @@ TWO_NODES = {
 STEPS, EVAL_EVERY, SAVE_EVERY = 20, 5, 5
 
 
-def convert(server) -> str:
-    corpus = shakespeare_jsonl(server.data_dir.parent / "shakespeare.jsonl", copies=1)
-    spec = {
-        "name": "shakespeare",
-        "sources": [{"type": "files", "paths": [str(corpus)]}],
-        "chars_per_shard": 300_000,
-        "row_group_size": 128,
-        "val_docs": 600,
-    }
-    job = server.client.post("/jobs/convert", json=spec).raise_for_status().json()
-    return wait_for_state(server.client, job["id"], "succeeded", timeout=60)["id"]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with start_server(tmp_path_factory.mktemp("nodes") / "data", workers=2, env=NODE_ENV) as server:
@@ -60,7 +46,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dataset(server) -> str:
-    return convert(server)
+    return shakespeare_dataset(server)
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +82,8 @@ def test_two_nodes_train_one_model(server, trained):
     ]
     workers = node_workers(job)
     assert workers[0] != workers[1] and job["worker_id"] == workers[0]
+    advertised = server.client.get("/workers").json()
+    assert {w["address"] for w in advertised} == {"127.0.0.1"} and all(w["cpus"] >= 1 for w in advertised)
     assert re.fullmatch(r"127\.0\.0\.1:\d+", job["nodes"][0]["endpoint"])
 
     # metrics as on one node: every step, the loss falling by more than a nat
@@ -188,7 +176,7 @@ def test_cancel_stops_every_node(server, dataset, trained):
 def test_a_lone_worker_waits_for_the_second_node(tmp_path):
     with start_server(tmp_path / "data", workers=1, env=NODE_ENV) as server:
         client = server.client
-        dataset = convert(server)
+        dataset = shakespeare_dataset(server)
         spec = {
             **TWO_NODES,
             "dataset": dataset,

@@ -281,7 +281,8 @@ def note_unservable(engine: Engine, lease_seconds: float) -> int:
     """Say in the progress of each queued job that no live worker can serve why it waits (and stop saying it once one
     can: a worker's claim replaces the progress). Returns how many messages changed."""
     with reading(engine) as session:
-        alive = list(session.exec(select(Worker).where(col(Worker.heartbeat_at) >= db_now(-lease_seconds))).all())
+        live = select(Worker).where(col(Worker.heartbeat_at) >= db_now(-lease_seconds)).order_by(col(Worker.id))
+        alive = list(session.exec(live).all())
         queued = session.execute(
             select(Job.id, Job.nnodes, Job.nproc_per_node, Job.device, Job.progress)
             .where(col(Job.state) == JobState.queued)
