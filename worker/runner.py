@@ -70,6 +70,12 @@ def run(
         attempt, mine = claim.attempt, range(claim.attempt, claim.attempt + 1)
         node = slot.node if slot is not None else None
         leftovers = procs.stop_job(claim.job_id, grace=settings.kill_grace_seconds, attempts=range(attempt))
+        beat = _beat_for(claim, slot, settings, engine)
+        if slot is not None:
+            # The leases were last renewed before that scan of this machine's processes, which a busy machine can
+            # make last seconds; the other nodes would take a node silent for a lease as lost. What this first beat
+            # learns, the first tick learns again.
+            beat(None)
         env = procs.job_environment(claim.job_id, attempt)
         if slot is not None:
             env |= nodes.environment(nodes.Place(slot.node, slot.nnodes, slot.endpoint, slot.rdzv_id, slot.host))
@@ -98,7 +104,6 @@ def run(
         output.note(f"{me} attempt {attempt} started (pid {process.pid}): {' '.join(argv)}")
         output.start()
         lease = Lease(claim, settings.lease_seconds)
-        beat = _beat_for(claim, slot, settings, engine)
         ending = _supervise(process, output, claim, settings, stopping, lease, beat)
         if ending is not Ending.exited:
             stopped = procs.stop_job(claim.job_id, process, grace=settings.kill_grace_seconds, attempts=mine, node=node)
@@ -284,18 +289,19 @@ def _record_node(
     others: list = []
     if ending in (Ending.exited, Ending.broken):
         others = gang.settle(
-            engine, slot, timeout=settings.lease_seconds + settings.poll_seconds, poll=settings.poll_seconds
+            engine,
+            slot,
+            timeout=settings.lease_seconds + settings.poll_seconds,
+            poll=settings.poll_seconds,
+            keep=lambda: queue.heartbeat(engine, claim, settings.lease_seconds),
         )
-    lost = [row for row in others if row.state in (gang.LOST, gang.RUNNING)]
+    lost = [row for row in others if row.state in (gang.LOST, gang.RUNNING, gang.STOPPED)]
     values: dict = {}
     if ending is Ending.cancelled:
         outcome = JobState.cancelled
     elif ending is Ending.stopping or lost or ending is Ending.broken:
-        who = (
-            ", ".join(f"node {row.node} (worker {row.worker_id})" for row in lost)
-            or f"node 0 (worker {claim.worker_id})"
-        )
-        why = f"{who} was lost" if lost else "node 0's worker stopped"
+        who = ", ".join(f"node {row.node} (worker {row.worker_id})" for row in lost)
+        why = "node 0's worker stopped" if ending is Ending.stopping else f"{who or 'a node'} was lost"
         state = _while_leased(lambda: gang.requeue(engine, claim, settings.max_attempts, why), claim, lease, settings)
         output.note(f"{me} {why}: attempt {claim.attempt} stopped on every node; job {state or 'no longer ours'}")
         return

@@ -14,6 +14,7 @@ resumes from the last complete checkpoint in the shared run dir. Leases are in t
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from sqlalchemy import Engine, delete, func, insert, update
@@ -47,7 +48,7 @@ class Slot:
 
     @property
     def gang_timeout_s(self) -> float:
-        return float(self.spec.get("gang_timeout_s") or 600.0)
+        return float(self.spec["gang_timeout_s"])  # a prepared train spec holds every field, defaults filled
 
     @property
     def rdzv_id(self) -> str:
@@ -212,15 +213,18 @@ def beat(engine: Engine, slot: Slot, lease_seconds: float) -> str:
         if mine is None:
             return LOST
         job = session.execute(select(Job.state, Job.attempts).where(col(Job.id) == slot.job_id)).first()
-        if job is None or job.attempts != slot.attempt or job.state not in OWNED:
+        if job is None or job.attempts != slot.attempt:
             return LOST
-        if job.state == JobState.cancelling:
+        if job.state in (JobState.cancelling, JobState.cancelled):  # node 0 may have recorded the cancel already
             return CANCELLED
+        if job.state not in OWNED:
+            return LOST
+        # a node that stopped early (it saw a lost node first) breaks the gang as a lost one does
+        gone = col(JobNode.state).in_((LOST, STOPPED))
         lost = session.execute(
             select(JobNode.node).where(
                 *_of_attempt(slot.job_id, slot.attempt),
-                (col(JobNode.state) == LOST)
-                | ((col(JobNode.state) == RUNNING) & (col(JobNode.lease_expires_at) < now)),
+                gone | ((col(JobNode.state) == RUNNING) & (col(JobNode.lease_expires_at) < now)),
             )
         ).first()
     return BROKEN if lost is not None else OK
@@ -255,14 +259,15 @@ def others(engine: Engine, slot: Slot) -> list[JobNode]:
         return list(rows)
 
 
-def settle(engine: Engine, slot: Slot, timeout: float, poll: float) -> list[JobNode]:
+def settle(engine: Engine, slot: Slot, timeout: float, poll: float, keep: Callable[[], object]) -> list[JobNode]:
     """Node 0, its own process ended: wait (at most `timeout`, a lease: by then a dead node's lease has run out) for
-    every other node to end too; return them."""
+    every other node to end too; return them. `keep` renews the job's lease meanwhile (node 0's worker owns it)."""
     deadline = time.monotonic() + timeout
     while True:
         rows = others(engine, slot)
         if all(row.state != RUNNING for row in rows) or time.monotonic() > deadline:
             return rows
+        keep()
         time.sleep(poll)
 
 
