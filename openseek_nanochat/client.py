@@ -74,6 +74,18 @@ class JobError(_Shape):
         return f"{self.where}: {self.message}" if self.where else self.message
 
 
+class Node(_Shape):
+    """One node of a multi-node job's latest attempt."""
+
+    node: int
+    attempt: int
+    host: str
+    worker_id: str
+    state: str
+    returncode: int | None = None
+    endpoint: str | None = None
+
+
 class Job(_Shape):
     id: str
     kind: str
@@ -89,6 +101,8 @@ class Job(_Shape):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     lease_expires_at: datetime | None = None
+    nnodes: int = 1
+    nodes: list[Node] = []
 
     @property
     def finished(self) -> bool:
@@ -126,6 +140,9 @@ class Worker(_Shape):
     host: str
     pid: int
     job_id: str | None = None
+    address: str | None = None
+    cpus: int
+    cuda: list[str]
     started_at: datetime
     heartbeat_at: datetime
     alive: bool

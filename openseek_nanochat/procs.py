@@ -34,6 +34,9 @@ import psutil
 
 JOB_ID_ENV = "OPENSEEK_NANOCHAT_JOB_ID"
 JOB_ATTEMPT_ENV = "OPENSEEK_NANOCHAT_JOB_ATTEMPT"
+# The node of a multi-node job a process runs for (train/nodes.py sets it): two nodes of one attempt may share a machine
+# (and do in tests), and each worker stops only its own node's processes.
+JOB_NODE_ENV = "OPENSEEK_NANOCHAT_NODE"
 
 _PR_SET_PDEATHSIG = 1
 # Resolved once, here: after a fork only what is already resolved may run (no lookups, no allocations to speak of).
@@ -194,8 +197,8 @@ def _attempt_of(environ: dict[str, str]) -> int:
     return int(value) if value.isascii() and value.isdigit() else 0  # untagged: older than any attempt
 
 
-def _tagged_with(job_id: str, attempts: range | None) -> list[psutil.Process]:
-    """Processes (that this user may inspect) whose environment names the job (and one of `attempts`)."""
+def _tagged_with(job_id: str, attempts: range | None, node: int | None = None) -> list[psutil.Process]:
+    """Processes (that this user may inspect) whose environment names the job (and one of `attempts`, and `node`)."""
     me = os.getpid()
     found = []
     for process in psutil.process_iter():
@@ -205,15 +208,19 @@ def _tagged_with(job_id: str, attempts: range | None) -> list[psutil.Process]:
             environ = process.environ()
         except psutil.Error:  # gone, a zombie, or another user's
             continue
-        if environ.get(JOB_ID_ENV) == job_id and (attempts is None or _attempt_of(environ) in attempts):
+        if environ.get(JOB_ID_ENV) != job_id or (attempts is not None and _attempt_of(environ) not in attempts):
+            continue
+        if node is None or environ.get(JOB_NODE_ENV, "0") == str(node):
             found.append(process)
     return found
 
 
-def job_processes(job_id: str, root_pid: int | None = None, attempts: range | None = None) -> list[psutil.Process]:
+def job_processes(
+    job_id: str, root_pid: int | None = None, attempts: range | None = None, node: int | None = None
+) -> list[psutil.Process]:
     """The live processes of a job: the root's descendants and everything tagged with the job id, of every attempt or
-    only of `attempts` (`range(n, n + 1)`: attempt n; `range(n)`: those before n)."""
-    found: dict[int, psutil.Process] = {p.pid: p for p in _tagged_with(job_id, attempts)}
+    only of `attempts` (`range(n, n + 1)`: attempt n; `range(n)`: those before n), of every node or only of `node`."""
+    found: dict[int, psutil.Process] = {p.pid: p for p in _tagged_with(job_id, attempts, node)}
     if root_pid is not None:
         try:
             root = psutil.Process(root_pid)
@@ -259,15 +266,19 @@ def stop(find: Callable[[], list], grace: float, on_kill: Callable[[list], None]
 
 
 def stop_job(
-    job_id: str, root: subprocess.Popen | None = None, grace: float = 10.0, attempts: range | None = None
+    job_id: str,
+    root: subprocess.Popen | None = None,
+    grace: float = 10.0,
+    attempts: range | None = None,
+    node: int | None = None,
 ) -> int:
-    """Stop the processes of a job (of every attempt, or only of `attempts`; `root` is the attempt's job process) with
-    `stop`. Returns how many processes were signalled."""
+    """Stop the processes of a job (of every attempt, or only of `attempts`; of every node or only of `node`; `root`
+    is the attempt's job process) with `stop`. Returns how many processes were signalled."""
 
     def find() -> list[psutil.Process]:
         # Reap the job process itself once it exits; from then on its pid may be reused, so its descendants are
         # found by their environment alone.
         root_pid = root.pid if root is not None and root.poll() is None else None
-        return job_processes(job_id, root_pid, attempts)
+        return job_processes(job_id, root_pid, attempts, node)
 
     return stop(find, grace)

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     kill_grace_seconds: float = Field(
         default=10.0, ge=0, description="How long a cancelled job's processes get between SIGTERM and SIGKILL."
     )
+    worker_host: str | None = Field(
+        default=None,
+        description="The address a worker advertises for other nodes to reach it by (the rendezvous of a multi-node "
+        "train job runs on node 0's); default: the machine's name.",
+    )
     job_nice: int = Field(
         default=10,
         ge=0,

@@ -19,7 +19,7 @@ def test_db_upgrade_creates_the_models_schema(tmp_path):
     database = data_dir / "jobs.db"
     for _ in range(2):  # the second run finds nothing to do
         done = subprocess.run(cli("db", "upgrade"), env=env, capture_output=True, text=True, check=True)
-        assert done.stdout.strip() == f"sqlite:///{database}: at revision 0002 (newest: 0002)"
+        assert done.stdout.strip() == f"sqlite:///{database}: at revision 0003 (newest: 0003)"
     engine = make_engine(f"sqlite:///{database}")
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
@@ -33,4 +33,4 @@ def test_worker_refuses_a_database_without_the_schema(tmp_path):
     data_dir.mkdir()
     done = subprocess.run(cli("worker"), env=service_env(data_dir), capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
-    assert "is at schema revision none, this code needs 0002: run `openseek-nanochat db upgrade`" in done.stderr
+    assert "is at schema revision none, this code needs 0003: run `openseek-nanochat db upgrade`" in done.stderr

@@ -45,6 +45,10 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dataset(server) -> str:
+    return shakespeare_dataset(server)
+
+
+def shakespeare_dataset(server) -> str:
     """A finished convert job over tinyshakespeare, one paragraph a document: its id."""
     corpus = shakespeare_jsonl(server.data_dir.parent / "shakespeare.jsonl", copies=1)
     spec = {
@@ -281,10 +285,31 @@ def test_batch_sizes_that_do_not_divide_are_refused(server, small):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_without_a_cuda_device_is_refused(server, small):
-    error = refusal(server, {**small, "device": "cuda"})
-    assert error["loc"] == ["body", "device"]
-    assert error["msg"] == "device 'cuda' was asked for, but this machine has no CUDA device (use 'cpu' or 'auto')"
+def test_a_cuda_job_waits_for_a_cuda_worker_saying_why(server, small):
+    client = server.client
+    response = client.post("/jobs/train", json={**small, "device": "cuda"})
+    assert response.status_code == 202, response.text  # the API's machine need not have the GPUs: workers do
+    job_id = response.json()["id"]
+
+    def explained() -> str | None:
+        job = client.get(f"/jobs/{job_id}").json()
+        assert job["state"] == "queued" and job["attempts"] == 0
+        return ((job["progress"] or {}).get("message") or "").startswith("no live worker can run it") and job
+
+    job = wait_until(explained, timeout=30, what="the reason the job waits")
+    listed = client.get("/workers").json()  # earlier tests' killed workers are listed too, not alive
+    workers = sorted(w["id"] for w in listed if w["alive"])
+    assert all(w["cuda"] == [] and w["cpus"] >= 1 for w in listed)
+    have = "; ".join(f"{w} has 0 CUDA device(s)" for w in workers)
+    assert job["progress"]["message"] == f"no live worker can run it: it needs 2 CUDA device(s), and {have}"
+
+    # a CPU job submitted after it is claimed as before
+    corpus = shakespeare_jsonl(server.data_dir.parent / "shakespeare.jsonl", copies=1)
+    convert = {"name": "after-cuda", "sources": [{"type": "files", "paths": [str(corpus)]}], "max_docs": 100}
+    later = client.post("/jobs/convert", json=convert).raise_for_status().json()
+    wait_for_state(client, later["id"], "succeeded", timeout=60)
+    assert client.get(f"/jobs/{job_id}").json()["state"] == "queued"
+    assert client.post(f"/jobs/{job_id}/cancel").json()["state"] == "cancelled"
 
 
 def test_refused_specs_leave_no_job(server, small):

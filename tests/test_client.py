@@ -71,6 +71,7 @@ def test_the_result_types_mirror_the_api():
         (api.Worker, schemas.WorkerRead),
         (api.Progress, schemas.Progress),
         (api.JobError, schemas.JobError),
+        (api.Node, schemas.NodeRead),
     ]
     for ours, theirs in pairs:
         required = {name: field.is_required() for name, field in ours.model_fields.items()}

@@ -20,6 +20,7 @@ from sqlalchemy import text, update
 
 from openseek_nanochat import procs
 from openseek_nanochat.atomic import write_json_atomic
+from openseek_nanochat.capacity import Capacity
 from openseek_nanochat.errors import InputError
 
 from app.jobs import models, queue, store
@@ -50,6 +51,8 @@ HOLD = textwrap.dedent(
         time.sleep(600)
     """
 )
+
+CPU = Capacity(cpus=8)  # a CPU-only worker: the convert jobs here need one core
 
 
 @contextmanager
@@ -324,18 +327,18 @@ def test_leases_are_kept_in_the_databases_clock(engine, monkeypatch, skew):
     def lease_left() -> float:
         return (store.get_job(engine, job.id).lease_expires_at - database_clock(engine)).total_seconds()
 
-    claim = queue.claim(engine, "w1", lease_seconds=30)
+    claim = queue.claim(engine, "w1", lease_seconds=30, capacity=CPU)
     assert 25 < lease_left() <= 30
-    assert not queue.work_waiting(engine) and queue.expire_leases(engine, max_attempts=3) == []
+    assert not queue.work_waiting(engine, CPU) and queue.expire_leases(engine, max_attempts=3) == []
     assert queue.heartbeat(engine, claim, lease_seconds=30) == JobState.running
     assert 25 < lease_left() <= 30
     # A lease the database says has run out is expired, whatever this host's clock says.
     with writing(engine) as session:
         session.execute(update(Job).where(Job.id == job.id).values(lease_expires_at=queue.db_now(-1)))
-    assert queue.work_waiting(engine)
+    assert queue.work_waiting(engine, CPU)
     assert [e.job_id for e in queue.expire_leases(engine, max_attempts=3)] == [job.id]
     # The workers' heartbeats too: a worker that just spoke is not forgotten.
-    queue.register_worker(engine, "w2", "host", 1)
+    queue.register_worker(engine, "w2", "host", 1, "host", CPU)
     [worker] = store.list_workers(engine)
     assert abs((worker.heartbeat_at - database_clock(engine)).total_seconds()) < 5
     assert queue.forget_dead_workers(engine, older_than_seconds=60) == 0

@@ -19,6 +19,7 @@ import openseek_nanochat
 from openseek_nanochat.errors import InputError
 from openseek_nanochat.events import parse as parse_event
 from openseek_nanochat.settings import Settings
+from openseek_nanochat.train import nodes
 from openseek_nanochat.train import tokenizer as tok
 from openseek_nanochat.train.nanochat import preflight
 from openseek_nanochat.train.nanochat.command import (
@@ -104,6 +105,27 @@ def test_openseek_loader_runs_the_launcher():
     command = torchrun_command(nanochat_spec(loader="openseek", nproc_per_node=8))
     assert command[command.index("-m", 3) + 1] == "openseek_nanochat.train.nanochat.launcher"
     assert "--nproc_per_node=8" in command
+
+
+def test_a_node_of_a_multi_node_job_meets_the_others_in_c10d(monkeypatch):
+    place = nodes.Place(node=1, nnodes=2, endpoint="10.0.0.5:29400", rdzv_id="abc-3", address="10.0.0.6")
+    for name, value in nodes.environment(place).items():
+        monkeypatch.setenv(name, value)
+    command = torchrun_command(nanochat_spec(nnodes=2, nproc_per_node=8, device="cuda"))
+    launch = command[command.index("torch.distributed.run") + 1 : command.index("-m", 3)]
+    assert launch == [
+        "--nnodes=2",
+        "--nproc_per_node=8",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=10.0.0.5:29400",
+        "--rdzv-id=abc-3",
+        f"--rdzv-conf=is_host=false,join_timeout={nodes.JOIN_TIMEOUT_S}",
+        "--local-addr=10.0.0.6",
+        "--max-restarts=0",
+    ]
+    monkeypatch.delenv(nodes.NNODES_ENV)
+    with pytest.raises(ValueError, match="a multi-node job runs under workers"):
+        torchrun_command(nanochat_spec(nnodes=2, device="cuda"))
 
 
 def test_environment_points_nanochat_at_the_run_dir(tmp_path):
@@ -640,3 +662,33 @@ def test_sample_and_eval_read_a_nanochat_checkpoint_with_the_checkouts_code(chec
     done, result = probe_cli("eval", evaluation, tmp_path, checkout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert result["val_bpb"] == pytest.approx(trained["val_bpb"], abs=1e-3)
+
+
+@needs_nanochat
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="nanochat joins ranks only on CUDA: 2 nodes need 2 devices")
+def test_http_job_on_two_nodes(checkout, shards, tokenizer_dir, tmp_path):
+    """Two workers, each a node with a CUDA device of its own, run one nanochat job of world size 2."""
+    from serverutil import start_server, start_worker, stop_process, wait_for_state
+
+    spec = {
+        **TINY,
+        "device": "cuda",
+        "nnodes": 2,
+        "dataset": str(shards),
+        "tokenizer": {"path": str(tokenizer_dir)},
+        "num_iterations": 10,
+        "eval_every": -1,
+    }
+    env = {**service_settings(tmp_path, checkout), "OPENSEEK_NANOCHAT_WORKER_HOST": "127.0.0.1"}
+    with start_server(tmp_path / "data", workers=0, env={**env, "CUDA_VISIBLE_DEVICES": "0"}) as server:
+        workers = [start_worker(server.data_dir, {**env, "CUDA_VISIBLE_DEVICES": str(i)}) for i in (0, 1)]
+        try:
+            response = server.client.post("/jobs/train", json=spec)
+            assert response.status_code == 202, response.text
+            job = wait_for_state(server.client, response.json()["id"], "succeeded", timeout=600)
+        finally:
+            for worker in workers:
+                stop_process(worker)
+    assert job["result"]["nnodes"] == 2 and job["result"]["world_size"] == 2
+    assert [n["state"] for n in job["nodes"]] == ["exited", "exited"]
+    assert (Path(job["result"]["checkpoint_dir"]) / "model_000010.pt").is_file()

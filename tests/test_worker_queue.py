@@ -7,9 +7,13 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
+from openseek_nanochat.capacity import Capacity
+
 from app.jobs import queue, store
 from app.jobs.db import make_engine, writing
 from app.jobs.models import Job, JobState, new_job_id, utcnow
+
+CPU = Capacity(cpus=8)  # a CPU-only worker: the convert jobs here need one core
 
 
 def add_jobs(engine, count: int) -> list[str]:
@@ -23,7 +27,7 @@ def add_jobs(engine, count: int) -> list[str]:
 def claim_until_empty(url: str, worker_id: str) -> list[str]:
     engine = make_engine(url)
     claimed = []
-    while (claim := queue.claim(engine, worker_id, lease_seconds=60)) is not None:
+    while (claim := queue.claim(engine, worker_id, lease_seconds=60, capacity=CPU)) is not None:
         claimed.append(claim.job_id)
         assert queue.finish(engine, claim, JobState.succeeded, result={"by": worker_id})
     engine.dispose()
@@ -50,16 +54,16 @@ def expire_now(engine, job_id: str) -> None:
 
 def test_lost_lease_requeues_then_fails_after_max_attempts(engine):
     [job_id] = add_jobs(engine, 1)
-    first = queue.claim(engine, "w1", lease_seconds=60)
+    first = queue.claim(engine, "w1", lease_seconds=60, capacity=CPU)
     expire_now(engine, job_id)
-    assert queue.work_waiting(engine)
+    assert queue.work_waiting(engine, CPU)
     [expired] = queue.expire_leases(engine, max_attempts=2)
     assert (expired.job_id, expired.new_state, expired.worker_id) == (job_id, JobState.queued, "w1")
     # The first worker's lease is gone: it can neither heartbeat nor record an outcome.
     assert queue.heartbeat(engine, first, 60) is None
     assert not queue.finish(engine, first, JobState.succeeded)
 
-    second = queue.claim(engine, "w2", lease_seconds=60)
+    second = queue.claim(engine, "w2", lease_seconds=60, capacity=CPU)
     assert (second.job_id, second.attempt) == (job_id, 2)
     assert queue.heartbeat(engine, first, 60) is None  # same job, but not this attempt
     assert queue.heartbeat(engine, second, 60, {"fraction": 0.5}) == JobState.running
@@ -73,12 +77,12 @@ def test_lost_lease_requeues_then_fails_after_max_attempts(engine):
         "not retried again (max_attempts=2)",
         "where": "worker w2",
     }
-    assert queue.claim(engine, "w3", lease_seconds=60) is None
+    assert queue.claim(engine, "w3", lease_seconds=60, capacity=CPU) is None
 
 
 def test_cancel_under_way_completes_when_the_worker_is_gone(engine):
     [job_id] = add_jobs(engine, 1)
-    queue.claim(engine, "w1", lease_seconds=60)
+    queue.claim(engine, "w1", lease_seconds=60, capacity=CPU)
     assert store.request_cancel(engine, job_id).state == JobState.cancelling
     expire_now(engine, job_id)
     [expired] = queue.expire_leases(engine, max_attempts=3)
@@ -88,10 +92,10 @@ def test_cancel_under_way_completes_when_the_worker_is_gone(engine):
 
 def test_release_requeues_without_counting_the_attempt(engine):
     [job_id] = add_jobs(engine, 1)
-    claim = queue.claim(engine, "w1", lease_seconds=60)
+    claim = queue.claim(engine, "w1", lease_seconds=60, capacity=CPU)
     assert queue.release(engine, claim) == JobState.queued
     job = store.get_job(engine, job_id)
     assert (job.state, job.attempts, job.worker_id) == (JobState.queued, 0, None)
-    claim = queue.claim(engine, "w2", lease_seconds=60)
+    claim = queue.claim(engine, "w2", lease_seconds=60, capacity=CPU)
     store.request_cancel(engine, job_id)
     assert queue.release(engine, claim) == JobState.cancelled

@@ -20,13 +20,15 @@ from collections.abc import Callable
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from openseek_nanochat import capacity
 from openseek_nanochat.settings import Settings
 
-from app.jobs import queue
+from app.jobs import gang, queue
 from app.jobs.db import make_engine
 from app.jobs.migrate import check_schema
 
 from worker import runner
+from worker.gang import Gathering
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,9 @@ class Worker:
         self.engine = engine or make_engine(settings.sqlalchemy_url, lock_wait=lock_wait(settings))
         self.host = socket.gethostname()
         self.id = f"{self.host}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.address = capacity.advertised_host(settings.worker_host)
+        self.capacity: capacity.Capacity | None = None  # probed in run(): it may start a child process
+        self.gathering: Gathering | None = None
         self.stopping = threading.Event()
 
     def stop(self, *_args) -> None:
@@ -55,6 +60,8 @@ class Worker:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        self.capacity = capacity.probe()
+        self.gathering = Gathering(self.id, self.address, self.capacity, self.settings, self.engine)
         # A busy database delays the start, it does not end it.
         deadline = time.monotonic() + SIGN_ON_SECONDS
         while not self._try(self._sign_on):
@@ -62,7 +69,14 @@ class Worker:
                 return 0
             if time.monotonic() > deadline:
                 return 1
-        log.info("worker %s started (database %s)", self.id, self.engine.url.render_as_string(hide_password=True))
+        log.info(
+            "worker %s started (database %s; %d CPU cores, %d CUDA devices, address %s)",
+            self.id,
+            self.engine.url.render_as_string(hide_password=True),
+            self.capacity.cpus,
+            len(self.capacity.cuda),
+            self.address,
+        )
         try:
             self._loop()
         finally:
@@ -76,7 +90,7 @@ class Worker:
     def _sign_on(self) -> None:
         check_schema(self.engine)
         queue.forget_dead_workers(self.engine, FORGET_WORKERS_AFTER_SECONDS)
-        queue.register_worker(self.engine, self.id, self.host, os.getpid())
+        queue.register_worker(self.engine, self.id, self.host, os.getpid(), self.address, self.capacity)
 
     @staticmethod
     def _try(step: Callable[[], None]) -> bool:
@@ -92,14 +106,16 @@ class Worker:
         last_beat = time.monotonic()
         while not self.stopping.is_set():
             try:
-                claim = self._next_claim()
-                if claim is not None:
+                taken = self._next_claim()
+                if taken is not None:
+                    claim, slot = taken
                     log.info("job %s (%s): attempt %d", claim.job_id, claim.kind, claim.attempt)
-                    runner.run(claim, self.settings, self.engine, self.stopping)
+                    runner.run(claim, self.settings, self.engine, self.stopping, slot)
                     last_beat = time.monotonic()
                     continue
                 if time.monotonic() - last_beat >= idle_beat_every:
                     queue.worker_heartbeat(self.engine, self.id, job_id=None)
+                    queue.note_unservable(self.engine, self.settings.lease_seconds)
                     last_beat = time.monotonic()
             except SQLAlchemyError as error:
                 log.warning("database error, retrying shortly: %s", error)
@@ -107,9 +123,14 @@ class Worker:
                 continue
             self.stopping.wait(self.settings.poll_seconds)
 
-    def _next_claim(self) -> queue.Claim | None:
-        if not queue.work_waiting(self.engine):
+    def _next_claim(self) -> tuple[queue.Claim, gang.Slot | None] | None:
+        """A one-node job's claim, or a multi-node job's once its gang is complete (with this worker's node)."""
+        if not queue.work_waiting(self.engine, self.capacity):
             return None
         expired = queue.expire_leases(self.engine, self.settings.max_attempts)
         queue.note_expired(expired, self.settings)
-        return queue.claim(self.engine, self.id, self.settings.lease_seconds)
+        gang.expire(self.engine)
+        claim = queue.claim(self.engine, self.id, self.settings.lease_seconds, self.capacity)
+        if claim is not None:
+            return claim, None
+        return self.gathering.next(self.stopping)

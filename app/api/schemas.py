@@ -5,7 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.jobs.models import Job, JobState, Worker, utcnow
+from app.jobs.models import Job, JobNode, JobState, Worker, utcnow
 
 _JOB_EXAMPLE = {
     "id": "3f9c2a1b7d4e5f60",
@@ -52,6 +52,22 @@ class JobError(BaseModel):
     where: str | None = Field(default=None, description="The file, line or field at fault.")
 
 
+class NodeRead(BaseModel):
+    """One node of a multi-node job's latest attempt."""
+
+    node: int = Field(description="The node's number; node 0 hosts the rendezvous and writes the job's log.")
+    attempt: int
+    host: str = Field(description="The address its worker advertised (OPENSEEK_NANOCHAT_WORKER_HOST).")
+    worker_id: str
+    state: str = Field(description="waiting, running, exited, stopped or lost.")
+    returncode: int | None = None
+    endpoint: str | None = Field(default=None, description="Node 0: the rendezvous endpoint, host:port.")
+
+    @classmethod
+    def of(cls, node: JobNode) -> "NodeRead":
+        return cls.model_validate(node, from_attributes=True)
+
+
 class JobRead(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [_JOB_EXAMPLE]})
 
@@ -69,10 +85,17 @@ class JobRead(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     lease_expires_at: datetime | None = None
+    nnodes: int = Field(default=1, description="Nodes the job runs on at once (train jobs' nnodes).")
+    nodes: list[NodeRead] = Field(
+        default_factory=list,
+        description="A multi-node job's nodes of its latest attempt (GET /jobs/{id} only; empty in lists).",
+    )
 
     @classmethod
-    def of(cls, job: Job) -> "JobRead":
-        return cls.model_validate(job, from_attributes=True)
+    def of(cls, job: Job, nodes: list[JobNode] = ()) -> "JobRead":
+        read = cls.model_validate(job, from_attributes=True)
+        read.nodes = [NodeRead.of(node) for node in nodes]
+        return read
 
 
 class JobList(BaseModel):
@@ -124,6 +147,9 @@ class WorkerRead(BaseModel):
     host: str
     pid: int
     job_id: str | None = Field(default=None, description="The job it runs now.")
+    address: str | None = Field(default=None, description="The address other nodes reach it by.")
+    cpus: int = Field(description="CPU cores it may use.")
+    cuda: list[str] = Field(description="Its CUDA devices, by name (empty: CPU only).")
     started_at: datetime
     heartbeat_at: datetime
     alive: bool = Field(description="It heartbeated within the lease time.")

@@ -15,6 +15,16 @@ LOG = "output.log"
 METRICS = "metrics.jsonl"
 
 
+def node_log(node: int) -> str:
+    """A multi-node job's log of `node`: node 0's is the job's log, the others' lie beside it."""
+    return LOG if node == 0 else f"output.node{node}.log"
+
+
+def node_metrics(node: int) -> str:
+    """Only node 0 reports metrics (its first rank does); another node's file stays empty unless that changes."""
+    return METRICS if node == 0 else f"metrics.node{node}.jsonl"
+
+
 def job_dir(settings: Settings, job_id: str) -> Path:
     return jobs_dir(settings) / job_id
 

@@ -19,6 +19,8 @@ from openseek_nanochat.probe.spec import EvalSpec, SampleSpec
 from openseek_nanochat.settings import Settings
 from openseek_nanochat.train.spec import TrainSpec
 
+from app.jobs.placement import Needs
+
 
 @dataclass(frozen=True)
 class JobKind:
@@ -38,6 +40,8 @@ class JobKind:
     inputs: Callable[[dict], list[str]] = lambda spec: []
     # The dataset (a conversion's output dir) the job reads, if it reads one.
     dataset: Callable[[dict], Path | None] = lambda spec: None
+    # What each node of the job needs, and how many nodes (app/jobs/placement.py): workers claim only what they serve.
+    needs: Callable[[dict], Needs] = lambda spec: Needs()
     summary: str = ""
     examples: dict[str, Any] = field(default_factory=dict)  # OpenAPI examples for the request body
 
@@ -122,7 +126,8 @@ def _convert_lookup(engine: Engine) -> Callable[[str], str | None]:
 def _prepare_train(spec: TrainSpec, settings: Settings, job_id: str, engine: Engine) -> TrainSpec:
     from openseek_nanochat.train.job import prepare
 
-    return prepare(spec, settings, job_id, lookup=_convert_lookup(engine))
+    # The devices are checked where the job runs: a worker claims only what its machine can serve.
+    return prepare(spec, settings, job_id, lookup=_convert_lookup(engine), this_machine=False)
 
 
 def _train_outputs(spec: dict, job_id: str) -> list[str]:
@@ -137,6 +142,10 @@ def _train_inputs(spec: dict) -> list[str]:
     return [spec["dataset"], *([tokenizer["path"]] if "path" in tokenizer else [])]
 
 
+def _train_needs(spec: dict) -> Needs:
+    return Needs(nnodes=spec.get("nnodes", 1), nproc_per_node=spec.get("nproc_per_node", 1), device=spec["device"])
+
+
 TRAIN = JobKind(
     name="train",
     spec_model=TrainSpec,
@@ -145,6 +154,7 @@ TRAIN = JobKind(
     outputs=_train_outputs,
     inputs=_train_inputs,
     dataset=lambda spec: Path(spec["dataset"]),
+    needs=_train_needs,
     summary="Train a tokenizer and a model on converted shards (torchrun)",
     examples={
         "cpu": {

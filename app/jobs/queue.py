@@ -19,11 +19,13 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import col, select
 
+from openseek_nanochat.capacity import Capacity
 from openseek_nanochat.settings import Settings
 
 from app.jobs import files as jobfiles
+from app.jobs import placement
 from app.jobs.db import reading, writing
-from app.jobs.models import OWNED, Job, JobState, UTCDateTime, Worker
+from app.jobs.models import OWNED, Job, JobNode, JobState, UTCDateTime, Worker
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +83,24 @@ def database_now(engine: Engine) -> datetime:
         return session.execute(select(db_now())).scalar_one()
 
 
-def work_waiting(engine: Engine) -> bool:
-    """Is anything queued or any lease expired? A cheap read that idle workers poll instead of taking the write lock."""
-    queued = exists().where(col(Job.state) == JobState.queued)
+def work_waiting(engine: Engine, capacity: Capacity) -> bool:
+    """Is anything queued that this worker can serve, or any lease expired? A cheap read that idle workers poll instead
+    of taking the write lock."""
+    queued = exists().where(col(Job.state) == JobState.queued, placement.servable(capacity))
     expired = exists().where(col(Job.state).in_(OWNED), col(Job.lease_expires_at) < db_now())
+    nodes_expired = exists().where(
+        col(JobNode.state).in_(("waiting", "running")), col(JobNode.lease_expires_at) < db_now()
+    )
     with reading(engine) as session:
-        return bool(session.exec(select(queued | expired)).one())
+        return bool(session.exec(select(queued | expired | nodes_expired)).one())
 
 
-def claim(engine: Engine, worker_id: str, lease_seconds: float) -> Claim | None:
+def claim(engine: Engine, worker_id: str, lease_seconds: float, capacity: Capacity) -> Claim | None:
+    """Claim the oldest queued one-node job that this worker can serve (multi-node jobs: app/jobs/gang.py)."""
     asked_at = time.monotonic()
     oldest_queued = (
         select(Job.id)
-        .where(col(Job.state) == JobState.queued)
+        .where(col(Job.state) == JobState.queued, col(Job.nnodes) == 1, placement.servable(capacity))
         .order_by(col(Job.created_at), col(Job.id))
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -115,7 +122,7 @@ def claim(engine: Engine, worker_id: str, lease_seconds: float) -> Claim | None:
     with writing(engine) as session:
         row = session.execute(statement).first()
         if row is not None:
-            _set_worker_job(session, worker_id, row.id)
+            set_worker_job(session, worker_id, row.id)
     if row is None:
         return None
     return Claim(
@@ -140,7 +147,7 @@ def heartbeat(engine: Engine, claim: Claim, lease_seconds: float, progress: dict
     statement = update(Job).where(*_owned_by(claim)).values(**values).returning(Job.state)
     with writing(engine) as session:
         state = session.execute(statement).scalar_one_or_none()
-        _set_worker_job(session, claim.worker_id, claim.job_id if state else None)
+        set_worker_job(session, claim.worker_id, claim.job_id if state else None)
     return state
 
 
@@ -167,7 +174,7 @@ def finish(
         values["progress"] = progress
     with writing(engine) as session:
         done = session.execute(update(Job).where(*_owned_by(claim)).values(**values).returning(Job.id)).first()
-        _set_worker_job(session, claim.worker_id, None)
+        set_worker_job(session, claim.worker_id, None)
     return done is not None
 
 
@@ -191,7 +198,7 @@ def release(engine: Engine, claim: Claim) -> JobState | None:
                 .values(state=JobState.cancelled, finished_at=now, **common)
                 .returning(Job.state)
             ).scalar_one_or_none()
-        _set_worker_job(session, claim.worker_id, None)
+        set_worker_job(session, claim.worker_id, None)
     return state
 
 
@@ -251,16 +258,57 @@ def note_expired(expired: list[Expired], settings: Settings) -> None:
 # The workers table: who is there, what each runs, when each last spoke.
 
 
-def register_worker(engine: Engine, worker_id: str, host: str, pid: int) -> None:
+def register_worker(engine: Engine, worker_id: str, host: str, pid: int, address: str, capacity: Capacity) -> None:
     with writing(engine) as session:
         session.execute(
-            insert(Worker).values(id=worker_id, host=host, pid=pid, started_at=db_now(), heartbeat_at=db_now())
+            insert(Worker).values(
+                id=worker_id,
+                host=host,
+                pid=pid,
+                address=address,
+                cpus=capacity.cpus,
+                cuda=list(capacity.cuda),
+                started_at=db_now(),
+                heartbeat_at=db_now(),
+            )
         )
+
+
+UNSERVABLE_SCAN = 100  # queued jobs looked at per pass: the oldest, the ones a user waits for longest
+
+
+def note_unservable(engine: Engine, lease_seconds: float) -> int:
+    """Say in the progress of each queued job that no live worker can serve why it waits (and stop saying it once one
+    can: a worker's claim replaces the progress). Returns how many messages changed."""
+    with reading(engine) as session:
+        live = select(Worker).where(col(Worker.heartbeat_at) >= db_now(-lease_seconds)).order_by(col(Worker.id))
+        alive = list(session.exec(live).all())
+        queued = session.execute(
+            select(Job.id, Job.nnodes, Job.nproc_per_node, Job.device, Job.progress)
+            .where(col(Job.state) == JobState.queued)
+            .order_by(col(Job.created_at))
+            .limit(UNSERVABLE_SCAN)
+        ).all()
+    changes = {}
+    for job in queued:
+        reason = placement.unservable_reason(placement.Needs(job.nnodes, job.nproc_per_node, job.device), alive)
+        said = (job.progress or {}).get("unservable")
+        if reason != said and (reason is not None or said is not None):
+            changes[job.id] = {"message": reason, "unservable": reason} if reason else None
+    if changes:
+        with writing(engine) as session:
+            for job_id, progress in changes.items():
+                session.execute(
+                    update(Job)
+                    .where(col(Job.id) == job_id, col(Job.state) == JobState.queued)
+                    .values(progress=progress, updated_at=db_now())
+                )
+    return len(changes)
 
 
 def worker_heartbeat(engine: Engine, worker_id: str, job_id: str | None) -> None:
     with writing(engine) as session:
-        _set_worker_job(session, worker_id, job_id)
+        set_worker_job(session, worker_id, job_id)
 
 
 def unregister_worker(engine: Engine, worker_id: str) -> None:
@@ -273,5 +321,5 @@ def forget_dead_workers(engine: Engine, older_than_seconds: float) -> int:
         return session.execute(delete(Worker).where(col(Worker.heartbeat_at) < db_now(-older_than_seconds))).rowcount
 
 
-def _set_worker_job(session, worker_id: str, job_id: str | None) -> None:
+def set_worker_job(session, worker_id: str, job_id: str | None) -> None:
     session.execute(update(Worker).where(col(Worker.id) == worker_id).values(job_id=job_id, heartbeat_at=db_now()))

@@ -50,6 +50,7 @@ def submit(engine: Engine, settings: Settings, kind: JobKind, spec: BaseModel, k
     except (InputError, ValueError, OSError) as error:  # PathPolicyError is a ValueError
         raise Rejected(error) from error
     prepared_spec = prepared.model_dump(mode="json")
+    needs = kind.needs(prepared_spec)
     job = store.create_job(
         engine,
         Job(
@@ -59,6 +60,9 @@ def submit(engine: Engine, settings: Settings, kind: JobKind, spec: BaseModel, k
             spec=prepared_spec,
             idempotency_key=key,
             request_hash=request_hash,
+            nnodes=needs.nnodes,
+            nproc_per_node=needs.nproc_per_node,
+            device=needs.device,
         ),
         writes=kind.outputs(prepared_spec, job_id),
         reads=kind.inputs(prepared_spec),

@@ -6,28 +6,35 @@ output (procs.stream): tokenizer training (skipped when the spec reuses a tokeni
 torchrun with one rank per device. The run dir is fixed by the job (`<data dir>/runs/<job id>`, or a hash of the spec
 for a job without an id), so a job started again after a crash finds its tokenizer and its last checkpoint there and
 continues from that step.
+
+A job of several nodes (`nnodes`) runs this on each node, in the same shared run dir: node 0 writes the run's spec and
+trains the tokenizer, the other nodes wait for it, then every node starts its torchrun, which meet in c10d's
+rendezvous (train/nodes.py).
 """
 
 import hashlib
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from openseek_nanochat import paths, procs
+from openseek_nanochat.atomic import write_json_atomic
 from openseek_nanochat.convert import manifest as manifest_file
 from openseek_nanochat.convert.shards import list_shards
 from openseek_nanochat.errors import InputError
 from openseek_nanochat.events import emit as emit_event
 from openseek_nanochat.settings import Settings
-from openseek_nanochat.train import checkpoints
+from openseek_nanochat.train import checkpoints, nodes
 from openseek_nanochat.train import tokenizer as tok
 from openseek_nanochat.train.spec import ReuseTokenizer, TrainSpec
 
 ERROR_PREFIX = "error: "  # how the tokenizer and the trainer print the reason they fail (the job's error message)
+TOKENIZER_WAIT_POLL_S = 1.0  # how often a node other than 0 looks for the tokenizer node 0 trains
 
 
 def run_dir_for(spec: TrainSpec, settings: Settings, job_id: str | None = None) -> Path:
@@ -79,9 +86,9 @@ def resolve_dataset(dataset: str, settings: Settings, lookup: Callable[[str], st
     )
 
 
-def check_shards(shard_dir: Path, nproc_per_node: int) -> list[Path]:
-    """Enough shards, a complete manifest that lists them, a `text` column, and a row group for every rank in both
-    splits (or a rank would get no data)."""
+def check_shards(shard_dir: Path, ranks: int) -> list[Path]:
+    """Enough shards, a complete manifest that lists them, a `text` column, and a row group for every rank (of every
+    node) in both splits (or a rank would get no data)."""
     shards = list_shards(shard_dir)
     if len(shards) < 2:
         raise InputError(
@@ -98,16 +105,16 @@ def check_shards(shard_dir: Path, nproc_per_node: int) -> list[Path]:
         train_groups = 0
         for path in shards[:-1]:  # usually the first shard already has enough
             train_groups = max(train_groups, pq.ParquetFile(path).num_row_groups)
-            if train_groups >= nproc_per_node:
+            if train_groups >= ranks:
                 break
     except OSError as e:
         raise InputError(f"unreadable shard: {e}", where="dataset") from None
     for split, groups in (("validation shard", val_groups), ("largest train shard", train_groups)):
-        if groups < nproc_per_node:
+        if groups < ranks:
             raise InputError(
-                f"the {split} of {shard_dir} has {groups} row group(s), but each of the {nproc_per_node} ranks reads "
+                f"the {split} of {shard_dir} has {groups} row group(s), but each of the {ranks} ranks reads "
                 f"row groups of its own: convert with a smaller row_group_size (or more validation documents), "
-                f"or train with nproc_per_node <= {groups}",
+                f"or train with fewer ranks (nnodes x nproc_per_node <= {groups})",
                 where="dataset",
             )
     return shards
@@ -153,7 +160,9 @@ def _first_difference(listed: dict, on_disk: dict) -> str:
     return f"{sorted(set(on_disk) - set(listed))[0]} is not in the manifest"
 
 
-def _check_device(spec: TrainSpec) -> None:
+def check_device(spec: TrainSpec) -> None:
+    """This machine has the devices the spec asks for. Run where the job runs: the API's machine need have no GPU (the
+    workers' queue places a job only on a worker that can serve it, app/jobs/placement.py)."""
     if spec.device != "cuda":
         return
     import torch
@@ -170,14 +179,19 @@ def _check_device(spec: TrainSpec) -> None:
 
 
 def prepare(
-    spec: TrainSpec, settings: Settings, job_id: str | None = None, lookup: Callable[[str], str | None] | None = None
+    spec: TrainSpec,
+    settings: Settings,
+    job_id: str | None = None,
+    lookup: Callable[[str], str | None] | None = None,
+    this_machine: bool = True,
 ) -> TrainSpec:
-    """Check the spec against the data and this machine; return it with the dataset (and tokenizer) as absolute paths.
+    """Check the spec against the data (and, with `this_machine`, the devices here); return it with the dataset (and
+    tokenizer) as absolute paths.
 
     `lookup` maps a convert job id to its output dir (None when there is no such finished job). Raises InputError.
     """
     dataset_dir = resolve_dataset(spec.dataset, settings, lookup)
-    check_shards(dataset_dir, spec.nproc_per_node)
+    check_shards(dataset_dir, spec.world_size)
     update = {"dataset": str(dataset_dir)}
     if isinstance(spec.tokenizer, ReuseTokenizer):
         tokenizer_dir = _check_allowed(Path(spec.tokenizer.path), settings, "tokenizer path")
@@ -186,13 +200,14 @@ def prepare(
                 f"{tokenizer_dir} lacks {tok.TOKENIZER_FILE} or {tok.TOKEN_BYTES_FILE}", where="tokenizer.path"
             )
         update["tokenizer"] = ReuseTokenizer(path=str(tokenizer_dir))
-    _check_device(spec)
+    if this_machine:
+        check_device(spec)
     if spec.backend == "nanochat":
         try:
             from openseek_nanochat.train.nanochat import preflight
         except ModuleNotFoundError:
             raise InputError("backend 'nanochat' is not available in this installation", where="backend") from None
-        return preflight.prepare(spec.model_copy(update=update), settings)
+        return preflight.prepare(spec.model_copy(update=update), settings, this_machine)
     resolved = spec.model_copy(update=update)
     _check_run_dir(run_dir_for(resolved, settings, job_id), resolved)
     return resolved
@@ -235,11 +250,15 @@ def run(spec: TrainSpec, job_dir, events: bool = True) -> dict:
     run_dir = Path(job_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_run_dir(run_dir, spec)
-    (run_dir / "spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
+    node = nodes.this_node()
+    if node == 0:
+        write_json_atomic(run_dir / "spec.json", spec.model_dump(mode="json"))
 
     tokenizer_dir = tokenizer_dir_for(spec, run_dir)
     if not isinstance(spec.tokenizer, ReuseTokenizer):
-        if tok.is_complete(tokenizer_dir):
+        if node != 0:
+            _wait_for_tokenizer(tokenizer_dir, emit)
+        elif tok.is_complete(tokenizer_dir):
             print(f"tokenizer: reusing {tokenizer_dir}", flush=True)
         else:
             emit("progress", phase="tokenizer", message="training the tokenizer", fraction=0.0)
@@ -254,8 +273,12 @@ def run(spec: TrainSpec, job_dir, events: bool = True) -> dict:
                 raise InputError(error or f"tokenizer training failed (exit code {rc})", where="tokenizer")
 
     emit("progress", phase="train", message="starting torchrun", step=0, num_iterations=spec.num_iterations)
+    try:
+        launch = nodes.torchrun_flags(spec.nnodes, spec.nproc_per_node)
+    except ValueError as e:
+        raise InputError(str(e), where="nnodes") from None
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.nproc_per_node}",
+        sys.executable, "-m", "torch.distributed.run", *launch,
         "-m", "openseek_nanochat.train.builtin.trainer", *train_flags(spec, tokenizer_dir, run_dir, events),
     ]  # fmt: skip
     rc, error = procs.stream(cmd, failure=error_reason)
@@ -263,20 +286,30 @@ def run(spec: TrainSpec, job_dir, events: bool = True) -> dict:
         raise RuntimeError(f"training failed (torchrun exit code {rc})" + (f": {error}" if error else ""))
 
     checkpoint_dir = checkpoint_dir_for(spec, run_dir)
-    step = checkpoints.last_complete_step(checkpoint_dir, spec.nproc_per_node)
+    step = checkpoints.last_complete_step(checkpoint_dir, spec.world_size)
     meta = (checkpoints.read_meta(checkpoint_dir, step) if step is not None else None) or {}
     result = {
         "run_dir": str(run_dir),
         "tokenizer_dir": str(tokenizer_dir),
         "checkpoint_dir": str(checkpoint_dir),
         "metrics_file": str(run_dir / "metrics.jsonl"),
-        "world_size": meta.get("world_size", spec.nproc_per_node),
+        "world_size": meta.get("world_size", spec.world_size),
+        "nnodes": spec.nnodes,
         "step": meta.get("step"),
         "num_iterations": spec.num_iterations,
         "val_bpb": meta.get("val_bpb"),
     }
     emit("result", **result)
     return result
+
+
+def _wait_for_tokenizer(tokenizer_dir: Path, emit: Callable[..., None]) -> None:
+    """A node other than 0 waits for the tokenizer node 0 trains into the shared run dir (its worker stops it if the
+    gang breaks meanwhile)."""
+    emit("progress", phase="tokenizer", message="waiting for node 0's tokenizer", fraction=0.0)
+    while not tok.is_complete(tokenizer_dir):
+        time.sleep(TOKENIZER_WAIT_POLL_S)
+    print(f"tokenizer: node 0's, {tokenizer_dir}", flush=True)
 
 
 def emitter(on: bool) -> Callable[..., None]:

@@ -14,6 +14,7 @@ from openseek_nanochat.convert.spec import MAX_CHARS, Seed, StrictModel
 MAX_STEPS = 10**9
 MAX_TOKENS = 2**50  # tokens per step or per evaluation
 MAX_LR = 100.0
+MAX_NODES = 1024
 
 
 class TrainTokenizer(StrictModel):
@@ -120,7 +121,21 @@ class TrainSpec(StrictModel):
     warmdown_ratio: float = Field(default=0.65, ge=0, le=1)
     final_lr_frac: float = Field(default=0.05, ge=0, le=1)
 
-    nproc_per_node: int = Field(default=1, ge=1, le=64, description="Ranks (processes) on this machine.")
+    nproc_per_node: int = Field(default=1, ge=1, le=64, description="Ranks (processes) on each node.")
+    nnodes: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_NODES,
+        description="Machines (workers) the job runs on at once, each with nproc_per_node ranks; over 1, the job is "
+        "gang-scheduled: it starts once that many workers have each taken a node, with torchrun's c10d rendezvous.",
+    )
+    gang_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=7 * 86400,
+        description="nnodes > 1: nodes taken but not all within this many seconds are given back (and taken again "
+        "later), so that a half-gathered job never holds workers that other jobs could use.",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: Seed = 42
     compile: Literal["auto", "on", "off"] = Field(default="auto", description="torch.compile (auto: on CUDA only).")
@@ -158,8 +173,13 @@ class TrainSpec(StrictModel):
     )
 
     @property
+    def world_size(self) -> int:
+        """Ranks over all nodes."""
+        return self.nnodes * self.nproc_per_node
+
+    @property
     def tokens_per_micro_batch(self) -> int:
-        return self.device_batch_size * self.max_seq_len * self.nproc_per_node
+        return self.device_batch_size * self.max_seq_len * self.world_size
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -170,9 +190,12 @@ class TrainSpec(StrictModel):
         micro = self.tokens_per_micro_batch
         if self.total_batch_size is not None and self.total_batch_size % micro:
             lower = max(micro, self.total_batch_size // micro * micro)
+            ranks, values = "nproc_per_node", f"{self.nproc_per_node}"
+            if self.nnodes > 1:
+                ranks, values = "nnodes x nproc_per_node", f"{self.nnodes} x {self.nproc_per_node}"
             raise ValueError(
                 f"total_batch_size {self.total_batch_size:,} is not a multiple of device_batch_size x max_seq_len x "
-                f"nproc_per_node = {self.device_batch_size} x {self.max_seq_len} x {self.nproc_per_node} = {micro:,}; "
+                f"{ranks} = {self.device_batch_size} x {self.max_seq_len} x {values} = {micro:,}; "
                 f"use e.g. {lower:,} or {lower + micro:,}"
             )
         if self.eval_tokens < micro:

@@ -15,7 +15,7 @@ from app.api.deps import EngineDep, JobId, SettingsDep
 from app.api.routes.events import follow_log
 from app.api.schemas import Deleted, ErrorDetail, JobList, JobRead, LogChunk, ValidationErrors
 from app.jobs import files as jobfiles
-from app.jobs import service, store
+from app.jobs import gang, service, store
 from app.jobs.db import read_for_async
 from app.jobs.kinds import KINDS, JobKind
 from app.jobs.models import FINISHED, JobState
@@ -104,7 +104,9 @@ async def list_jobs(
 
 @router.get("/{job_id}", summary="A job's state, progress, result or error", responses=NOT_FOUND)
 async def get_job(job_id: JobId, engine: EngineDep) -> JobRead:
-    return JobRead.of(await read_for_async(engine, store.get_job, job_id))
+    job = await read_for_async(engine, store.get_job, job_id)
+    nodes = await read_for_async(engine, gang.nodes_of, job_id) if job.nnodes > 1 else []
+    return JobRead.of(job, nodes)
 
 
 @router.post(

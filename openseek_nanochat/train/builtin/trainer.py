@@ -10,8 +10,9 @@ under <run-dir>/checkpoints) written every --save-every steps and at the end. St
 training continues from the last complete checkpoint exactly where it stopped: same weights, optimizer state, schedule
 position and data. A rank whose torchrun is gone exits (procs.exit_with_parent).
 
-Rank 0 prints nanochat-style step lines and writes <run-dir>/metrics.jsonl, one object per step:
-{step, loss, lr, dt_ms, tok_per_sec, mfu, val_bpb} (null where a step has no value; step 0 is the first evaluation).
+Rank 0 (node 0's first rank, with several nodes) prints nanochat-style step lines and writes <run-dir>/metrics.jsonl,
+one object per step: {step, loss, lr, dt_ms, tok_per_sec, mfu, val_bpb} (null where a step has no value; step 0 is
+the first evaluation).
 With --events it also prints `metric` and (throttled) `progress` events for the worker.
 """
 
@@ -30,7 +31,7 @@ import torch.distributed as dist
 
 from openseek_nanochat import events, procs
 from openseek_nanochat.atomic import save_atomic, write_atomic, write_json_atomic
-from openseek_nanochat.train import checkpoints
+from openseek_nanochat.train import checkpoints, nodes
 from openseek_nanochat.train import tokenizer as tok
 from openseek_nanochat.train.builtin.model import GPT, config_for_depth
 from openseek_nanochat.train.builtin.optim import setup_optimizers
@@ -224,7 +225,9 @@ def main(argv=None):
     if world_size > 1:
         on_cuda = device_type == "cuda"
         dist.init_process_group(backend="nccl" if on_cuda else "gloo", device_id=device if on_cuda else None)
-    master = rank == 0
+    # The rank that prints and writes metrics.jsonl: node 0's first, so that the job's log (node 0's worker's) has
+    # them whichever node c10d made global rank 0; global rank 0 writes the checkpoints (train/nodes.py).
+    master = local_rank == 0 and nodes.this_node() == 0
     log = print if master else (lambda *a, **k: None)
     use_bf16 = uses_bf16(device_type)
     autocast = autocast_for(device_type)
@@ -413,6 +416,8 @@ def main(argv=None):
         log(f"nothing to do: the run is already at step {step}/{num_iterations}")
     if min_val_bpb < math.inf:
         log(f"Minimum validation bpb: {min_val_bpb:.6f}")
+    if device_type == "cuda":
+        log(f"Peak memory: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
     train_loader.close()
     if dist.is_initialized():
         dist.destroy_process_group()

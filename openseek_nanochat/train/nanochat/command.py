@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import openseek_nanochat
+from openseek_nanochat.train import nodes
 from openseek_nanochat.train.nanochat.rundir import model_tag
 from openseek_nanochat.train.spec import TRAINER_FLAGS, TrainSpec
 
@@ -58,7 +59,7 @@ def base_train_args(spec: TrainSpec, resume_step: int | None = None) -> list[str
 def torchrun_command(spec: TrainSpec, resume_step: int | None = None) -> list[str]:
     """torchrun (this Python's) running base_train, or the launcher that swaps in the project's loader first."""
     module = LAUNCHER if spec.loader == "openseek" else BASE_TRAIN
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.nproc_per_node}",
+    return [sys.executable, "-m", "torch.distributed.run", *nodes.torchrun_flags(spec.nnodes, spec.nproc_per_node),
             "-m", module, "--", *base_train_args(spec, resume_step)]  # fmt: skip
 
 

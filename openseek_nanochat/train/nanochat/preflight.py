@@ -31,8 +31,9 @@ def script_path(module: str) -> str:
     return module.replace(".", "/") + ".py"
 
 
-def prepare(spec: TrainSpec, settings: Settings) -> TrainSpec:
-    """Check what a nanochat job needs before it is queued; return the spec with `nanochat_dir` resolved.
+def prepare(spec: TrainSpec, settings: Settings, this_machine: bool = True) -> TrainSpec:
+    """Check what a nanochat job needs before it is queued; return the spec with `nanochat_dir` resolved. Without
+    `this_machine` (the API's checks) the devices here are not the job's: the queue places it on a worker that has them.
 
     Raises InputError naming the field to fix.
     """
@@ -48,7 +49,7 @@ def prepare(spec: TrainSpec, settings: Settings) -> TrainSpec:
     scripts = [BASE_TRAIN] + ([TOK_TRAIN] if uses_tok_train(spec) else [])
     probe = probe_python(third_party_imports(nanochat_dir, scripts))
     check_python(probe)
-    check_ranks(spec, probe["cuda_devices"])
+    check_ranks(spec, probe["cuda_devices"] if this_machine else None)
     return spec.model_copy(update={"nanochat_dir": str(nanochat_dir)})
 
 
@@ -259,18 +260,19 @@ def check_python(probe: dict) -> None:
         )
 
 
-def check_ranks(spec: TrainSpec, cuda_devices: int) -> None:
-    """nanochat joins its ranks into one job only on CUDA: elsewhere each rank would train a model of its own."""
-    if spec.nproc_per_node == 1:
+def check_ranks(spec: TrainSpec, cuda_devices: int | None) -> None:
+    """nanochat joins its ranks into one job only on CUDA: elsewhere each rank would train a model of its own.
+    `cuda_devices`: this machine's, or None when the job will run elsewhere (only the spec's device counts then)."""
+    if spec.world_size == 1:
         return
-    on_cuda = spec.device == "cuda" or (spec.device == "auto" and cuda_devices > 0)
+    on_cuda = spec.device == "cuda" or (spec.device == "auto" and (cuda_devices is None or cuda_devices > 0))
     if not on_cuda:
         raise InputError(
             f"nanochat's base_train runs several ranks only on CUDA (here each of the "
-            f"{spec.nproc_per_node} ranks would train alone); use nproc_per_node 1",
+            f"{spec.world_size} ranks would train alone); use nnodes 1 and nproc_per_node 1",
             where="nproc_per_node",
         )
-    if spec.nproc_per_node > cuda_devices:
+    if cuda_devices is not None and spec.nproc_per_node > cuda_devices:
         raise InputError(
             f"nproc_per_node {spec.nproc_per_node} is more than the {cuda_devices} CUDA device(s) here",
             where="nproc_per_node",

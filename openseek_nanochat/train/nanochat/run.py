@@ -6,12 +6,13 @@ Started again, a job resumes from its last complete checkpoint with --resume-fro
 already has the last step only reports it.
 """
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from openseek_nanochat import events, procs
 from openseek_nanochat.errors import InputError
-from openseek_nanochat.train import checkpoints
+from openseek_nanochat.train import checkpoints, nodes
 from openseek_nanochat.train import tokenizer as tok
 from openseek_nanochat.train.nanochat import command, output, rundir
 from openseek_nanochat.train.nanochat.output import OutputParser
@@ -32,14 +33,14 @@ def run(spec: TrainSpec, job_dir, emit: Callable[..., None] = events.emit) -> di
     tokenizer_dir = ensure_tokenizer(spec, run_dir, emit)
 
     checkpoint_dir = rundir.checkpoint_dir(spec, run_dir)
-    saved_step = rundir.last_complete_step(checkpoint_dir, spec.nproc_per_node)
+    saved_step = rundir.last_complete_step(checkpoint_dir, spec.world_size)
     if saved_step is not None and saved_step >= spec.num_iterations:
         print(f"nothing to do: {checkpoint_dir} already has step {saved_step}", flush=True)
     else:
         if saved_step is not None:
             print(f"resuming from the checkpoint of step {saved_step} in {checkpoint_dir}", flush=True)
         train(spec, run_dir, saved_step, emit)
-        saved_step = rundir.last_complete_step(checkpoint_dir, spec.nproc_per_node)
+        saved_step = rundir.last_complete_step(checkpoint_dir, spec.world_size)
         if saved_step is None or saved_step < spec.num_iterations:
             raise RuntimeError(
                 f"nanochat's base_train ended without a checkpoint of step {spec.num_iterations} in {checkpoint_dir}"
@@ -52,7 +53,8 @@ def run(spec: TrainSpec, job_dir, emit: Callable[..., None] = events.emit) -> di
         "nanochat_dir": str(nanochat_dir),
         "tokenizer_dir": str(tokenizer_dir),
         "checkpoint_dir": str(checkpoint_dir),
-        "world_size": spec.nproc_per_node,
+        "world_size": spec.world_size,
+        "nnodes": spec.nnodes,
         "step": meta.get("step", saved_step),
         "num_iterations": spec.num_iterations,
         "val_bpb": meta.get("val_bpb"),
@@ -117,6 +119,11 @@ def ensure_tokenizer(spec: TrainSpec, run_dir: Path, emit=events.emit) -> Path:
         return source
     if rundir.tokenizer_ready(target):
         print(f"tokenizer: reusing {target}", flush=True)
+        return target
+    if nodes.this_node() != 0:  # node 0 trains it into the shared run dir
+        emit("progress", phase="tokenizer", message="waiting for node 0's tokenizer", fraction=0.0)
+        while not rundir.tokenizer_ready(target):
+            time.sleep(1.0)
         return target
     options = spec.tokenizer
     emit("progress", phase="tokenizer", message="training the tokenizer", fraction=0.0)
