@@ -9,6 +9,7 @@ written through the store (tests/storedjobs.py) rather than trained, to keep the
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
@@ -152,6 +153,49 @@ def test_a_conversions_dataset_page_draws_shares_and_browses_samples(page, serve
     expect(page.locator("#sample-where")).to_contain_text(f"{first[1]['shard']} row {first[1]['row']}")
     page.select_option("#sample-source", math500)
     expect(page.locator("#sample-where")).to_contain_text(f"{math500} · file {math500}, line ")
+
+
+def test_a_blend_of_84_parts_stays_readable_grouped_by_folder_and_sortable(page, server):
+    # OpenSeek's data_path blends 84 parts from a few folders: the chart groups them by folder, and sorts within
+    weights, sources = {}, []
+    for i in range(84):
+        path = server.data_dir.parent / "blend" / f"folder-{i % 3}" / f"part_{i:03d}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            "".join(json.dumps({"text": f"part {i} document {j} " + "word " * j}) + "\n" for j in range(30))
+        )
+        weights[str(path)] = 1 + i % 5
+        sources.append({"type": "files", "paths": [str(path)], "weight": weights[str(path)]})
+    spec = {"name": "blend-84", "sources": sources, "chars_per_shard": 200_000, "val_docs": 20}
+    job = wait_for_state(server.client, server.client.post("/jobs/convert", json=spec).json()["id"], "succeeded")
+    page.goto(f"/#/jobs/{job['id']}")
+    chart = page.locator("#share-chart")
+    expect(chart.locator(".share-row")).to_have_count(84)
+    expect(chart.locator(".share-group")).to_have_count(3)
+    expect(chart.locator(".share-group").first).to_contain_text("28 source(s)")
+
+    def groups() -> list[list[str]]:
+        """The rows' sources under each folder heading, in the order drawn."""
+        drawn = chart.locator(".share-group, .share-row").evaluate_all(
+            "els => els.map(e => e.classList.contains('share-group') ? null : e.dataset.source)"
+        )
+        out = []
+        for source in drawn:
+            if source is None:
+                out.append([])
+            else:
+                out[-1].append(source)
+        return out
+
+    assert [len(members) for members in groups()] == [28, 28, 28]
+    assert all(members == sorted(members) for members in groups())  # by name, the default
+    assert all(len({Path(m).parent for m in members}) == 1 for members in groups())  # one folder a heading
+    page.select_option("#share-sort", "weight")
+    by_weight = groups()
+    assert [len(members) for members in by_weight] == [28, 28, 28]
+    for members in by_weight:
+        drawn = [weights[m] for m in members]
+        assert drawn == sorted(drawn, reverse=True) and len(set(drawn)) == 5
 
 
 def test_a_finished_trainings_page_draws_one_point_per_logged_step(page, server, tmp_path):
