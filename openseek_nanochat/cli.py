@@ -21,6 +21,33 @@ class Command(NamedTuple):
     run: Callable[[argparse.Namespace], int]
 
 
+def fail(message: str, where: str | None, events: bool) -> int:
+    """A job command's failure: an `error` event for its worker (with --events) and one line for a person; exit 2."""
+    if events:
+        from openseek_nanochat.events import emit
+
+        emit("error", message=message, where=where)
+    print(f"error: {where + ': ' if where else ''}{message}", file=sys.stderr)
+    return 2
+
+
+def read_spec(path: str, model):
+    """The spec file at `path` as an instance of `model` (a pydantic model); InputError naming the file and every
+    field that is wrong."""
+    from pydantic import ValidationError
+
+    from openseek_nanochat.errors import InputError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return model.model_validate_json(f.read())
+    except OSError as e:
+        raise InputError(f"cannot read the spec: {e}", path) from None
+    except ValidationError as e:
+        errors = (f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg']}" for err in e.errors())
+        raise InputError("; ".join(errors), path) from None
+
+
 def commands() -> dict[str, Command]:
     """Every installed command (the project must be installed, `pip install -e .` for a checkout: entry points are
     package metadata)."""

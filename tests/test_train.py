@@ -24,6 +24,7 @@ from openseek_nanochat.train.builtin.optim import Muon, orthogonalize
 from openseek_nanochat.train.job import prepare, run_dir_for
 from openseek_nanochat.train.spec import TrainSpec
 
+from serverutil import cli
 from training_data import shakespeare_docs, write_shards
 
 # --- the model and the optimizer ---
@@ -298,3 +299,17 @@ def test_nanochat_tokenizer_trainer_needs_the_nanochat_backend():
         dataset="d", num_iterations=1, backend="nanochat", tokenizer={"vocab_size": 512, "trainer": "nanochat"}
     )
     assert spec.tokenizer.trainer == "nanochat"
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "eval"])
+def test_a_bad_spec_file_is_one_line_naming_the_file_and_each_wrong_field(tmp_path, command):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"dataset": 3, "train_job": 3}')
+    done = subprocess.run(cli(command, str(bad), "--events"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"error: {bad}: ") and "Input should be a valid string" in line
+    [event] = [json.loads(out.split(" ", 1)[1]) for out in done.stdout.splitlines()]
+    assert (event["type"], event["where"], f"error: {bad}: {event['message']}") == ("error", str(bad), line)
+    missing = subprocess.run(cli(command, str(tmp_path / "nope.json")), capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and missing.stderr.startswith(f"error: {tmp_path / 'nope.json'}: cannot read")

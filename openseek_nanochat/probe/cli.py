@@ -3,9 +3,8 @@ foreground. The spec must name its checkpoint (as a submit fills it in: a job's 
 
 import argparse
 import json
-import sys
 
-from openseek_nanochat.cli import Command
+from openseek_nanochat.cli import Command, fail, read_spec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,35 +14,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _runner(kind: str):
     def run(args) -> int:
-        from pydantic import ValidationError
-
-        from openseek_nanochat.events import emit
+        from openseek_nanochat.errors import InputError
         from openseek_nanochat.probe import evaluate, sample
         from openseek_nanochat.probe.spec import EvalSpec, SampleSpec
         from openseek_nanochat.train.job import emitter
 
         model, runner = {"sample": (SampleSpec, sample.run), "eval": (EvalSpec, evaluate.run)}[kind]
-
-        def fail(message: str, where: str | None) -> int:
-            if args.events:
-                emit("error", message=message, where=where)
-            print(f"error: {where + ': ' if where else ''}{message}", file=sys.stderr)
-            return 2
-
         try:
-            with open(args.spec, encoding="utf-8") as f:
-                spec = model.model_validate_json(f.read())
-        except OSError as e:
-            return fail(f"cannot read the spec: {e}", args.spec)
-        except ValidationError as e:
-            errors = (f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg']}" for err in e.errors())
-            return fail("; ".join(errors), args.spec)
+            spec = read_spec(args.spec, model)
+        except InputError as e:
+            return fail(e.message, e.where, args.events)
         if spec.checkpoint is None:
-            return fail("no checkpoint: submit the spec to the service, which finds it", "checkpoint")
+            return fail("no checkpoint: submit the spec to the service, which finds it", "checkpoint", args.events)
         try:
             result = runner(spec, emitter(args.events))
         except (OSError, RuntimeError) as e:
-            return fail(str(e), None)
+            return fail(str(e), None, args.events)
         print(json.dumps(result, indent=2, ensure_ascii=False))
         return 0
 

@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 
-from openseek_nanochat.cli import Command
+from openseek_nanochat.cli import Command, fail, read_spec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,35 +17,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from pydantic import ValidationError
-
     from openseek_nanochat.errors import InputError
-    from openseek_nanochat.events import emit
     from openseek_nanochat.settings import get_settings
     from openseek_nanochat.train import job
     from openseek_nanochat.train.spec import TrainSpec
 
-    def fail(message: str, where: str | None) -> int:
-        if args.events:
-            emit("error", message=message, where=where)
-        print(f"error: {where + ': ' if where else ''}{message}", file=sys.stderr)
-        return 2
-
     try:
-        with open(args.spec, encoding="utf-8") as f:
-            spec = TrainSpec.model_validate_json(f.read())
-    except OSError as e:
-        return fail(f"cannot read the spec: {e}", args.spec)
-    except ValidationError as e:
-        errors = (f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg']}" for err in e.errors())
-        return fail("; ".join(errors), args.spec)
+        spec = read_spec(args.spec, TrainSpec)
+    except InputError as e:
+        return fail(e.message, e.where, args.events)
     settings = get_settings()
     try:
         spec = job.prepare(spec, settings)
         run_dir = job.run_dir_for(spec, settings)
         result = job.run(spec, run_dir, events=args.events)
     except InputError as e:
-        return fail(e.message, e.where)
+        return fail(e.message, e.where, args.events)
     except RuntimeError as e:  # the trainer crashed: its output above says why
         print(f"error: {e}", file=sys.stderr)
         return 1
