@@ -11,16 +11,13 @@ from openseek_nanochat.probe.spec import Checkpoint, EvalSpec, SampleSpec
 from openseek_nanochat.settings import Settings
 from openseek_nanochat.train import checkpoints, job
 from openseek_nanochat.train import tokenizer as tok
-from openseek_nanochat.train.nanochat import rundir
 from openseek_nanochat.train.spec import TrainSpec
 
 
 def find_checkpoint(train: TrainSpec, run_dir: Path, step: int | None, train_id: str, state: str) -> Checkpoint:
     """The checkpoint of `step` (default: the latest complete one) of the train job `train_id`, run in `run_dir`."""
     checkpoint_dir = job.checkpoint_dir_for(train, run_dir)
-    complete = (rundir.complete_steps if train.backend == "nanochat" else checkpoints.complete_steps)(
-        checkpoint_dir, train.nproc_per_node
-    )
+    complete = job.complete_steps(train, run_dir)
     if not complete:
         first = train.save_every if train.save_every > 0 else train.num_iterations
         raise InputError(
@@ -41,7 +38,7 @@ def find_checkpoint(train: TrainSpec, run_dir: Path, step: int | None, train_id:
         checkpoint_dir=str(checkpoint_dir),
         tokenizer_dir=str(job.tokenizer_dir_for(train, run_dir)),
         step=step,
-        world_size=meta.get("world_size", train.nproc_per_node),
+        world_size=meta.get("world_size", train.world_size),
         device_batch_size=train.device_batch_size,
         max_seq_len=train.max_seq_len,
         sequence_len=(meta.get("model_config") or {}).get("sequence_len", train.max_seq_len),

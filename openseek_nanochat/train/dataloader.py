@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import torch
 
 from openseek_nanochat import procs
+from openseek_nanochat.capacity import cpu_count
 from openseek_nanochat.convert.shards import list_shards
 from openseek_nanochat.train.nanochat import layout
 
@@ -125,8 +126,7 @@ def _tokenize(tokenizer, texts, bos):
 
 def _tokenizer_processes(tokenizer_threads: int) -> int:
     """How many processes tokenize for one loader: as many as asked, at most this rank's share of the CPUs."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    share = cpus // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    share = cpu_count() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     return max(1, min(tokenizer_threads, share))
 
 

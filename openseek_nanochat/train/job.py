@@ -62,6 +62,17 @@ def checkpoint_dir_for(spec: TrainSpec, run_dir: Path) -> Path:
     return Path(run_dir) / checkpoints.SUBDIR
 
 
+def complete_steps(spec: TrainSpec, run_dir: Path) -> list[int]:
+    """The steps of a run with a complete checkpoint for every rank of every node, latest first, by its backend's own
+    test of a whole file."""
+    checkpoint_dir = checkpoint_dir_for(spec, run_dir)
+    if spec.backend == "nanochat":
+        from openseek_nanochat.train.nanochat import rundir
+
+        return rundir.complete_steps(checkpoint_dir, spec.world_size)
+    return checkpoints.complete_steps(checkpoint_dir, spec.world_size)
+
+
 def _check_allowed(path: Path, settings: Settings, what: str) -> Path:
     try:
         return paths.check_job_input(path, settings, what)
