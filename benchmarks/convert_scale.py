@@ -14,14 +14,14 @@ document), converted with a `max_chars` budget of half of it:
 Each conversion runs in a fresh process that reports its own wall time and peak RSS; runs alternate across layouts
 (--repeat), the best wall time and the highest peak counting. Ratios are against `1 part`, measured in the same run.
 
---processes compares instead a conversion in 2 processes with one in 1 (`processes` in the spec), on a JSONL corpus
-of --jsonl-mb (benchmarks/convert.py's) and on the `config, 38 parts` miniature of --mb, and the JSONL one in 2
-processes with the Arrow-native ceiling (pyarrow.json streaming read straight into a zstd ParquetWriter, no shuffle).
-datatrove (JsonlReader -> ParquetWriter) would be a third column, but it is not among the project's pinned
-dependencies (requirements-dev.lock), so it is left out rather than installed for the benchmark.
+--processes compares instead conversions on 1 core and on more (`processes` in the spec: --cores, default 1 and every
+usable core), on a JSONL corpus of --jsonl-mb (benchmarks/convert.py's) and on the `config, 38 parts` miniature of
+--mb, and the JSONL ones with two peers on the same file: the Arrow-native ceiling (pyarrow.json's streaming reader
+straight into a zstd ParquetWriter, no shuffle, no provenance, no manifest) and datatrove (JsonlReader -> ParquetWriter
+with zstd, as its documentation sets up a local pipeline: one task, since the corpus is one file).
 
     .venv/bin/python benchmarks/convert_scale.py [--mb 500] [--repeat 2] [--workdir bench-data/scale]
-    .venv/bin/python benchmarks/convert_scale.py --processes [--jsonl-mb 200] [--mb 200] [--repeat 2]
+    .venv/bin/python benchmarks/convert_scale.py --processes [--cores 1 2] [--jsonl-mb 200] [--mb 200] [--repeat 3]
 """
 
 import argparse
@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from openseek_nanochat.capacity import cpu_count
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -112,9 +114,13 @@ def child(spec_file: str) -> None:
     from openseek_nanochat.convert.spec import ConvertSpec
 
     spec = json.loads(Path(spec_file).read_text())
+    peer = {"ceiling": jsonl_bench().ceiling, "datatrove": run_datatrove}.get(spec.get("peer"))
+    if peer is run_datatrove:
+        import datatrove.executor  # noqa: F401  (imported before the clock, as the project's modules are)
+        import datatrove.pipeline.writers  # noqa: F401
     start, cpu_before = time.perf_counter(), cpu_seconds()
-    if spec.get("ceiling"):
-        jsonl_bench().ceiling(spec["ceiling"], spec["output_dir"])
+    if peer is not None:
+        peer(spec["corpus"], spec["output_dir"])
         chars = None
     else:
         chars = convert(ConvertSpec.model_validate(spec))["totals"]["chars"]
@@ -126,14 +132,27 @@ def child(spec_file: str) -> None:
                 "cpu_s": cpu_seconds() - cpu_before,
                 "chars": chars,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "workers_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
             }
         )
     )
 
 
+def run_datatrove(corpus: str, out: str) -> None:
+    """datatrove's own local pipeline: its JSONL reader into its parquet writer (zstd), the text column only."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import ParquetWriter
+
+    corpus = Path(corpus)
+    pipeline = [
+        JsonlReader(str(corpus.parent), glob_pattern=corpus.name, recursive=False),
+        ParquetWriter(out, compression="zstd", adapter=lambda self, document: {"text": document.text}),
+    ]
+    LocalPipelineExecutor(pipeline, tasks=1, workers=1, logging_dir=f"{out}/.logs").run()
+
+
 def cpu_seconds() -> float:
-    """CPU time of this process's threads and of its finished children (the shard writers), user and system."""
+    """CPU time of this process's threads and of its finished children (datatrove's task), user and system."""
     own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
 
@@ -152,7 +171,8 @@ def megatron_spec(work: Path, name: str, source: dict, budget: int) -> dict:
 
 
 def measure(work: Path, name: str, spec: dict) -> dict:
-    """One conversion (or the ceiling: {"ceiling": corpus}) in a fresh process, into a fresh output dir."""
+    """One conversion (or a peer: {"peer": "ceiling" | "datatrove", "corpus": path}) in a fresh process, into a
+    fresh output dir."""
     out = work / "data" / "datasets" / "out"
     subprocess.run(["rm", "-rf", str(out)], check=True)
     spec_file = work / "spec.json"
@@ -175,12 +195,11 @@ def best(runs: list[dict]) -> dict:
         "wall_s": min(r["wall_s"] for r in runs),
         "cpu_s": min(r["cpu_s"] for r in runs),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-        "workers_peak_rss_mb": max(r["workers_peak_rss_mb"] for r in runs),
     }
 
 
 def processes_table(work: Path, args) -> None:
-    """2 processes against 1, on JSONL and on Megatron parts; the JSONL one against the Arrow-native ceiling."""
+    """The project on 1 core and on more, on JSONL and on Megatron parts; on JSONL beside the ceiling and datatrove."""
     corpus = work / f"corpus_{args.jsonl_mb}mb.jsonl"
     work.mkdir(parents=True, exist_ok=True)
     jsonl_bench().make_corpus(corpus, args.jsonl_mb)
@@ -189,12 +208,12 @@ def processes_table(work: Path, args) -> None:
     build(work, {name: (sizes, source)}, args.mb)
     jsonl = {"sources": [{"type": "files", "paths": [str(corpus)]}], "chars_per_shard": 50_000_000}
     megatron = megatron_spec(work, name, source, args.mb * 1_000_000 // 2)
+    cores = args.cores or [1, cpu_count()]
     cases = {
-        ("jsonl", "ceiling"): {"ceiling": str(corpus)},
-        ("jsonl", "1 process"): {**jsonl, "processes": 1},
-        ("jsonl", "2 processes"): {**jsonl, "processes": 2},
-        ("megatron", "1 process"): {**megatron, "processes": 1},
-        ("megatron", "2 processes"): {**megatron, "processes": 2},
+        ("jsonl", "Arrow ceiling"): {"peer": "ceiling", "corpus": str(corpus)},
+        ("jsonl", "datatrove"): {"peer": "datatrove", "corpus": str(corpus)},
+        **{("jsonl", f"{n} cores"): {**jsonl, "processes": n} for n in cores},
+        **{("megatron", f"{n} cores"): {**megatron, "processes": n} for n in cores},
     }
     runs = {case: [] for case in cases}
     for _ in range(args.repeat):  # alternate, so a burst of load on this shared machine hits all alike
@@ -204,23 +223,21 @@ def processes_table(work: Path, args) -> None:
     mb = {"jsonl": corpus.stat().st_size / 1e6, "megatron": args.mb / 2}
     print(
         f"JSONL {mb['jsonl']:,.0f} MB (shuffle on); Megatron `{name}` {args.mb} M chars, max_chars half of it; "
-        f"chars_per_shard 50M; best of {args.repeat}; {os.cpu_count()} cores (affinity {len(os.sched_getaffinity(0))})"
+        f"chars_per_shard 50M; best of {args.repeat}; {os.cpu_count()} cores (affinity {cpu_count()})"
     )
-    print(
-        "| input | run | wall s | MB/s | vs 1 process | vs ceiling | cores busy (CPU s / wall s) | peak RSS MB (main) "
-        "| peak RSS MB (a worker) |"
-    )
+    print("| input | run | wall s | MB/s | vs 1 core | vs Arrow ceiling | vs datatrove | cores busy | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for (kind, what), r in results.items():
         wall = r["wall_s"]
-        vs_one = f"{results[(kind, '1 process')]['wall_s'] / wall:.2f}x" if what != "ceiling" else "-"
-        vs_ceiling = f"{results[('jsonl', 'ceiling')]['wall_s'] / wall:.2f}x" if kind == "jsonl" else "-"
+        one = results.get((kind, f"{cores[0]} cores"))
+        vs_one = f"{one['wall_s'] / wall:.2f}x" if one and what.endswith("cores") else "-"
+        vs_ceiling = f"{results[('jsonl', 'Arrow ceiling')]['wall_s'] / wall:.2f}x" if kind == "jsonl" else "-"
+        vs_datatrove = f"{results[('jsonl', 'datatrove')]['wall_s'] / wall:.2f}x" if kind == "jsonl" else "-"
         print(
-            f"| {kind} | {what} | {wall:.2f} | {mb[kind] / wall:.0f} | {vs_one} | {vs_ceiling} | "
-            f"{r['cpu_s'] / wall:.2f} | {r['peak_rss_mb']:,.0f} | {r['workers_peak_rss_mb']:,.0f} |"
+            f"| {kind} | {what} | {wall:.2f} | {mb[kind] / wall:.0f} | {vs_one} | {vs_ceiling} | {vs_datatrove} | "
+            f"{r['cpu_s'] / wall:.2f} | {r['peak_rss_mb']:,.0f} |"
         )
-    print("datatrove (JsonlReader -> ParquetWriter): not measured, it is not in requirements-dev.lock")
-    print("target on 2 cores: 2 processes >= 1.6x 1 process")
+    print(f"targets on 2 cores: 2 cores >= 1.6x 1 core; the project on {cores[-1]} cores >= 1.0x the Arrow ceiling")
 
 
 def build(work: Path, chosen: dict, mb: int) -> None:
@@ -247,7 +264,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs of each, alternating; the best wall time counts")
     parser.add_argument("--only", nargs="*", help="layouts to run (default: all)")
     parser.add_argument("--workdir", default=str(REPO / "bench-data" / "scale"))
-    parser.add_argument("--processes", action="store_true", help="2 processes against 1, and against the ceiling")
+    parser.add_argument("--processes", action="store_true", help="1 core against more, and against two peers")
+    parser.add_argument("--cores", type=int, nargs="*", help="`processes` values for --processes (default: 1 and all)")
     parser.add_argument("--jsonl-mb", type=int, default=200, help="size of the JSONL corpus for --processes")
     parser.add_argument("--child")
     args = parser.parse_args()

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import tiktoken
 
 import openseek_nanochat.convert.sources.megatron as megatron
+from openseek_nanochat.capacity import cpu_count
 from openseek_nanochat.convert.sources.detok import QWEN_SPECIAL_TOKENS, ByteTableDetokenizer, qwen_token_bytes
 from openseek_nanochat.convert.sources.megatron_index import MegatronIndex, write_megatron
 
@@ -54,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=50_000_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--threads", default=f"1,{megatron.DECODE_THREADS}", help="decode threads to try, e.g. 1,2,4")
+    parser.add_argument("--threads", default=f"1,{cpu_count()}", help="decode threads to try, e.g. 1,2,4")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/openseek_nanochat_bench"))
     args = parser.parse_args()
 
@@ -91,7 +92,7 @@ def main() -> None:
             detokenizer.decode(tokens, offsets)
 
     def read_source(threads: int):
-        megatron.DECODE_THREADS = threads
+        source.read_ahead = megatron.ReadAhead(1, threads=threads)
         for _ in source.read():
             pass
 

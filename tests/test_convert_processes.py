@@ -1,17 +1,19 @@
-"""Every core busy, same bytes: a conversion in 1, 2 or 3 processes writes the same shards and the same manifest, and
-a run interrupted with one count and resumed with another ends as an uninterrupted one."""
+"""Every core busy, same bytes: a conversion on 1, 2 or 3 cores (`processes`) writes the same shards and the same
+manifest, a run interrupted with one count and resumed with another ends as an uninterrupted one, and neither a failed
+nor a finished run leaves a thread or a temp file behind."""
 
 import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import types
 
-import psutil
 import pytest
 
 from openseek_nanochat.convert import manifest as manifest_module
+from openseek_nanochat.convert import shard_file
 from openseek_nanochat.convert.spec import ConvertSpec
 
 from convertutil import run_spec, shard_bytes
@@ -85,11 +87,16 @@ def convert_as(spec: dict, datasets, name: str, **kwargs) -> dict[str, bytes]:
     return files
 
 
-def no_workers_left() -> bool:
-    """No worker outlives its run. multiprocessing's resource tracker stays, by design: one per process, it exits
-    when this process does."""
-    children = psutil.Process().children(recursive=True)
-    return not [c for c in children if "resource_tracker" not in " ".join(c.cmdline())]
+def helper_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(("shard-lane", "prefetch", "megatron-decode"))]
+
+
+def no_lanes_left() -> bool:
+    """No shard lane outlives its run (a lane's thread ends just after it hands its shard over: give it a moment)."""
+    deadline = time.time() + 5
+    while any(name.startswith("shard-lane") for name in helper_threads()) and time.time() < deadline:
+        time.sleep(0.01)
+    return not any(name.startswith("shard-lane") for name in helper_threads())
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "megatron"])
@@ -99,7 +106,7 @@ def test_same_bytes_in_1_2_and_3_processes(kind, jsonl_spec, megatron_spec, data
     assert len(outputs[1]) > 6  # several train shards, a val shard and the manifest
     assert outputs[2] == outputs[1]
     assert outputs[3] == outputs[1]
-    assert no_workers_left()
+    assert no_lanes_left()
 
 
 def test_same_bytes_when_stopped_by_max_shards(jsonl_spec, datasets):
@@ -119,7 +126,7 @@ def test_resume_with_another_number_of_processes(jsonl_spec, datasets, before, a
     partial = json.loads((out / "manifest.json").read_text())
     assert not partial["complete"] and len(partial["shards"]) == crash_at
     assert not list(out.glob("**/.*.tmp")), "a shard or sidecar in flight when the run failed was left behind"
-    assert no_workers_left()
+    assert no_lanes_left()
     run_spec({**jsonl_spec, "processes": after, "output_dir": str(out)})
     assert files_of(out) == clean
 
@@ -152,21 +159,41 @@ def test_cli_processes_flag(jsonl_spec, datasets, tmp_path):
     assert {**manifest, "updated_at": 0} == {**expected_manifest, "updated_at": 0}
 
 
-def test_workers_die_with_a_killed_conversion(jsonl_spec, datasets, tmp_path):
-    spec_file = tmp_path / "spec.json"
-    spec_file.write_text(json.dumps({**jsonl_spec, "chars_per_shard": 50_000, "output_dir": str(datasets / "out")}))
-    command = [sys.executable, "-m", "openseek_nanochat.cli", "convert", str(spec_file), "--events", "--processes", "2"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        workers = []
-        deadline = time.time() + 60
-        while not workers and time.time() < deadline and proc.poll() is None:
-            children = psutil.Process(proc.pid).children()
-            workers = [c for c in children if "resource_tracker" not in " ".join(c.cmdline())]
-            time.sleep(0.01)
-        assert workers, "the conversion ended before it started a worker"
-    finally:
-        proc.kill()
-        proc.wait()
-    gone, alive = psutil.wait_procs(workers, timeout=10)
-    assert not alive, f"workers outlived their conversion: {alive}"
+def test_one_core_runs_in_the_calling_thread(jsonl_spec, datasets):
+    """processes=1 is the serial baseline: no reader thread, no lane, no Arrow pool of more than one thread."""
+    import pyarrow as pa
+
+    arrow_before, before, seen = pa.cpu_count(), set(threading.enumerate()), []
+    run_spec(
+        {**jsonl_spec, "processes": 1, "output_dir": str(datasets / "one")},
+        on_progress=lambda event: seen.append((set(threading.enumerate()) - before, pa.cpu_count())),
+    )
+    assert len(seen) > 5 and all(started == set() and arrow == 1 for started, arrow in seen)
+    assert pa.cpu_count() == arrow_before  # Arrow's pool is given back as it was
+
+
+def test_a_failing_lane_fails_the_run_and_leaves_nothing(jsonl_spec, datasets, monkeypatch):
+    """A row group that cannot be written on a lane's thread (here: a full disk halfway through) fails the run with
+    that error; the shards in flight are removed, the published ones stay, and the next run finishes the same bytes."""
+    real_write, calls, fail_at = shard_file.ShardFile.write, [], []
+
+    def write(self, text, origin):
+        calls.append(threading.current_thread().name)
+        if fail_at and len(calls) == fail_at[0]:
+            raise OSError(28, "No space left on device")
+        return real_write(self, text, origin)
+
+    monkeypatch.setattr(shard_file.ShardFile, "write", write)
+    clean = convert_as({**jsonl_spec, "processes": 1}, datasets, "clean")
+    fail_at.append(len(calls) // 2)
+    calls.clear()
+    out = datasets / "out"
+    with pytest.raises(OSError, match="No space left on device"):
+        run_spec({**jsonl_spec, "processes": 3, "output_dir": str(out)})
+    assert all(name.startswith("shard-lane") for name in calls)  # written on lanes, not in the caller's thread
+    assert not list(out.glob("**/.*.tmp")) and no_lanes_left()
+    partial = json.loads((out / "manifest.json").read_text())
+    assert not partial["complete"] and 2 <= len(partial["shards"]) < (len(clean) - 1) // 2
+    monkeypatch.setattr(shard_file.ShardFile, "write", real_write)
+    run_spec({**jsonl_spec, "processes": 2, "output_dir": str(out)})
+    assert files_of(out) == clean

@@ -17,12 +17,16 @@ PARTS = 50
 
 
 def test_batches_shrink_as_parts_grow():
-    one, blend, many = ReadAhead(1), ReadAhead(84), ReadAhead(1000)
-    assert (one.batch_tokens, one.budget, one.ahead) == (BATCH_TOKENS, READ_AHEAD_TOKENS, megatron.DECODE_THREADS)
+    one, blend, many = ReadAhead(1, threads=4), ReadAhead(84, threads=4), ReadAhead(1000, threads=4)
+    assert (one.batch_tokens, one.budget, one.ahead) == (BATCH_TOKENS, READ_AHEAD_TOKENS, 4)
     assert (blend.batch_tokens, blend.budget, blend.ahead) == (READ_AHEAD_TOKENS // 84, READ_AHEAD_TOKENS, 1)
     assert 84 * blend.batch_tokens <= READ_AHEAD_TOKENS  # what the consumer holds, one batch a part
     # Past the budget's worth of smallest batches, each part still has its next one decoding.
     assert (many.batch_tokens, many.budget, many.ahead) == (MIN_BATCH_TOKENS, 1000 * MIN_BATCH_TOKENS, 1)
+    # More cores decode further ahead, a full batch for each; the batches stay the spec's.
+    wide = ReadAhead(1, threads=16)
+    assert (wide.batch_tokens, wide.budget, wide.ahead) == (BATCH_TOKENS, 16 * BATCH_TOKENS, 16)
+    assert ReadAhead(84, threads=16).batch_tokens == blend.batch_tokens
 
 
 @pytest.fixture
@@ -89,7 +93,7 @@ def test_a_consumer_that_stops_early_gives_the_budget_back(shared_data, parts, m
 
 @pytest.mark.parametrize("threads", [1, 3])
 def test_the_output_does_not_depend_on_the_cores(shared_data, parts, datasets, monkeypatch, threads):
-    """The batch size follows the spec, never DECODE_THREADS (min(4, cores)): the same shards on any machine."""
+    """The batch size follows the spec, never the cores decoding (`processes`): the same shards on any machine."""
     data_path, _ = parts
     spec = {
         "sources": [
@@ -105,8 +109,7 @@ def test_the_output_does_not_depend_on_the_cores(shared_data, parts, datasets, m
     }
     monkeypatch.setattr(megatron, "MIN_BATCH_TOKENS", 50)
     monkeypatch.setattr(megatron, "READ_AHEAD_TOKENS", 6_000)
-    run_spec({**spec, "name": "two"})
-    monkeypatch.setattr(megatron, "DECODE_THREADS", threads)
-    run_spec({**spec, "name": "other"})
+    run_spec({**spec, "name": "two", "processes": 2})
+    run_spec({**spec, "name": "other", "processes": threads})
     first, second = shard_bytes(datasets / "two"), shard_bytes(datasets / "other")
     assert len(first) >= 2 and first == second

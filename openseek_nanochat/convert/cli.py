@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--processes",
         type=int,
-        help="processes to convert in (default: the spec's, else 1); the output is the same for any number",
+        help="cores to keep busy (default: the spec's, else every usable core); the output is the same for any number",
     )
     flags = parser.add_argument_group("spec from flags", FLAG_HELP)
     flags.add_argument("--dataset", help="a Hugging Face dataset id, a local dataset dir, or files/globs")

@@ -174,11 +174,37 @@ class SourceReader:
         return self.seen_chars / self.seen_docs if self.seen_docs else None
 
 
+class Shuffled:
+    """Rows of a block in their shuffled order, gathered a piece at a time (`rows`) as the shards take them.
+
+    The gather copies every document once. Done for a whole block at once it needs a second block-sized buffer, fresh
+    memory each block (the page faults cost more than the copy itself); done a row group at a time, each piece is
+    small and its memory is reused by the next. `table` has one chunk per column: a gather from many chunks would
+    concatenate them first, on every call."""
+
+    def __init__(self, table: pa.Table, order: np.ndarray, chars: np.ndarray):
+        self.table = table  # columns: text (string), item (int32), pos (int64), source (int16), chars (int64)
+        self.order = order  # the rows of `table`, in stream order
+        self.chars = chars  # each row's length, in stream order
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.order)
+
+    def slice(self, offset: int, length: int | None = None) -> "Shuffled":
+        stop = None if length is None else offset + length
+        return Shuffled(self.table, self.order[offset:stop], self.chars[offset:stop])
+
+    def rows(self) -> pa.Table:
+        """The rows, gathered: one chunk per column."""
+        return self.table.take(self.order)
+
+
 @dataclass
 class Block:
     index: int
     snapshot: dict  # the stream state just before this block; DocStream.blocks(snapshot) regenerates from here
-    table: pa.Table  # columns: text (string), item (int32), pos (int64), source (int16), chars (int64)
+    table: Shuffled
 
 
 class DocStream:
@@ -279,13 +305,13 @@ class DocStream:
             table = pa.concat_tables(parts)
             if table.column("text").nbytes >= 2**31 - 2**24:  # a freak block of huge documents: 64-bit offsets
                 table = table.set_column(0, "text", table.column("text").cast(pa.large_string()))
-            table = table.append_column("source", pa.array(np.concatenate(source_ids)))
-            table = table.append_column("chars", pa.array(np.concatenate(lengths)))
-            table = table.take(self._order(index, table.column("source").to_numpy()))
-            table = self._cut_at_budget(table)
-            self.stream_docs += table.num_rows
-            self.stream_chars += int(pc.sum(table["chars"]).as_py() or 0)
-            yield Block(index, snapshot, table)
+            sources, chars = np.concatenate(source_ids), np.concatenate(lengths)
+            table = table.append_column("source", pa.array(sources)).append_column("chars", pa.array(chars))
+            order = self._order(index, sources)
+            block = self._cut_at_budget(Shuffled(table.combine_chunks(), order, chars[order]))
+            self.stream_docs += block.num_rows
+            self.stream_chars += int(block.chars.sum())
+            yield Block(index, snapshot, block)
             index += 1
 
     def _order(self, block_index: int, sources: np.ndarray) -> np.ndarray:
@@ -298,11 +324,11 @@ class DocStream:
             position[mask] = (np.arange(mask.sum()) + 0.5) / mask.sum()
         return np.argsort(position, kind="stable")
 
-    def _cut_at_budget(self, table: pa.Table) -> pa.Table:
-        keep = table.num_rows
+    def _cut_at_budget(self, block: Shuffled) -> Shuffled:
+        keep = block.num_rows
         if self.max_docs is not None:
             keep = min(keep, self.max_docs - self.stream_docs)
         if self.max_chars is not None:
-            cumulative = np.cumsum(table["chars"].to_numpy())
+            cumulative = np.cumsum(block.chars)
             keep = min(keep, int(np.searchsorted(cumulative, self.max_chars - self.stream_chars, side="left")) + 1)
-        return table.slice(0, keep) if keep < table.num_rows else table
+        return block.slice(0, keep) if keep < block.num_rows else block

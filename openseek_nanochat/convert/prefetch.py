@@ -1,7 +1,8 @@
 """Run a generator one step ahead in a thread, so producing the next item overlaps consuming this one.
 
-Arrow releases the GIL in its readers, kernels and writers, so on two cores reading and mixing the next block runs
-while the current one is compressed into shards. Exceptions reach the consumer at the point they happened.
+Arrow releases the GIL in its readers, kernels and writers, so reading and mixing the next block runs while the
+current one is cut into shards. Exceptions reach the consumer at the point they happened. A conversion on one core
+(cores.py) runs the generator in the consumer's thread instead: one step after the other.
 """
 
 import queue
@@ -9,11 +10,19 @@ import threading
 from collections.abc import Iterator
 from typing import TypeVar
 
+from openseek_nanochat.convert import cores
+
 T = TypeVar("T")
 _DONE = object()
 
 
 def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    if cores.current() == 1:
+        return iter(items)
+    return _ahead(items, depth)
+
+
+def _ahead(items: Iterator[T], depth: int) -> Iterator[T]:
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 

@@ -6,8 +6,9 @@ Order of events for a run into `output_dir`:
   3. Each completed train shard is renamed into place, then the manifest records it with a resume point: the stream
      position of the next document and the state of the block holding it.
   4. At the end the ring is split: the last `val_count` documents are the validation shard (the last file).
-With `processes` > 1, worker processes compress and flush shards while this one reads and mixes; shards are still
-renamed and recorded one by one in order, so the number of processes changes nothing that is written.
+The run keeps `processes` cores busy (cores.py): the reader runs ahead on its own threads while shards are compressed
+on lanes of their own; shards are still renamed and recorded one by one in order, so the number changes nothing that
+is written.
 A re-run reads the manifest, regenerates the stream from the last resume point and produces the same bytes as an
 uninterrupted run; a different spec or changed inputs are refused rather than mixed.
 """
@@ -22,11 +23,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from openseek_nanochat import procs
-from openseek_nanochat.convert import fence
+from openseek_nanochat.convert import cores, fence
 from openseek_nanochat.convert.manifest import Manifest
-from openseek_nanochat.convert.mixture import DocStream
+from openseek_nanochat.convert.mixture import DocStream, Shuffled
 from openseek_nanochat.convert.prefetch import prefetch
-from openseek_nanochat.convert.shard_pool import ShardPool
 from openseek_nanochat.convert.shards import ShardInfo, ShardWriter
 from openseek_nanochat.convert.sources import TextSource, build_sources
 from openseek_nanochat.convert.spec import ConvertSpec
@@ -167,7 +167,6 @@ class _Run:
             max_docs=spec.max_docs,
             max_chars=spec.max_chars,
         )
-        pool = ShardPool(spec.processes) if spec.processes > 1 else None
         writer = ShardWriter(
             self.out,
             num_sources=len(self.sources),
@@ -176,14 +175,12 @@ class _Run:
             rows_per_shard=spec.rows_per_shard,
             first_index=len(self.manifest.shards),
             before_publish=self.manifest.check_fence,
-            pool=pool,
+            lanes=cores.current(),
         )
         try:
             return self._write(writer)
         finally:
             writer.abort()
-            if pool is not None:
-                pool.close()
 
     def _write(self, writer: ShardWriter) -> dict:
         spec, manifest = self.spec, self.manifest
@@ -192,7 +189,7 @@ class _Run:
         first = w
         start = resume_from["block"] if resume_from else None
         self.fed = w
-        ring: list[pa.Table] = []
+        ring: list[Shuffled] = []
         ring_rows = 0
         train_limit = spec.max_shards - 1 if spec.max_shards else None
         # The limit counts shards closed, not only published ones: workers may still be writing the last of them.
@@ -217,7 +214,7 @@ class _Run:
             if stopped_by_shards and ring_rows >= self.holdback:
                 break
 
-        tail = pa.concat_tables(ring) if ring else None
+        tail = pa.concat_tables([piece.rows() for piece in ring]) if ring else None
         tail_rows = tail.num_rows if tail is not None else 0
         if stopped_by_shards:
             for info in writer.drain():
@@ -268,15 +265,16 @@ class _Run:
         )
 
 
-def _pop_front(ring: list[pa.Table], ring_rows: int, rows: int):
+def _pop_front(ring: list[Shuffled], ring_rows: int, rows: int):
+    """The ring's first `rows` documents, gathered: one chunk per block they come from."""
     taken, need = [], rows
     while need:
         head = ring[0]
         if head.num_rows <= need:
-            taken.append(ring.pop(0))
+            taken.append(ring.pop(0).rows())
             need -= head.num_rows
         else:
-            taken.append(head.slice(0, need))
+            taken.append(head.slice(0, need).rows())
             ring[0] = head.slice(need)
             need = 0
     group = pa.concat_tables(taken) if len(taken) > 1 else taken[0]
@@ -300,6 +298,7 @@ def convert(
     settings = settings or get_settings()
     job_id = job_id or os.environ.get(procs.JOB_ID_ENV)
     attempt = attempt if attempt is not None else procs.job_attempt()
-    spec, sources = _prepared(spec, settings, job_id)
-    with fence.hold(Path(spec.output_dir)):
-        return _Run(spec, sources, on_progress, job_id, attempt).run()
+    with cores.using(spec.processes):
+        spec, sources = _prepared(spec, settings, job_id)
+        with fence.hold(Path(spec.output_dir)):
+            return _Run(spec, sources, on_progress, job_id, attempt).run()

@@ -1,11 +1,9 @@
-"""One shard file on disk, with its provenance sidecar: written under temp names, closed, flushed, measured; the same
-calls wherever it runs.
+"""One shard file on disk, with its provenance sidecar: written under temp names, closed, flushed, measured.
 
-A shard's bytes depend only on the row groups written into it and the fixed writer settings, so a shard written in
-this process (one process) and one written by a worker process (shard_pool.py) are the same file when both are handed
-the same row groups. Row groups travel to a worker as Arrow IPC with their chunks as they are: the parquet writer
-cuts pages along the chunks it is given, so the chunk layout is part of what fixes the bytes. The sidecar
-(provenance.py) gets the same row groups' provenance columns, each in one chunk.
+A shard's bytes depend only on the row groups written into it (their rows and how their text is chunked: the parquet
+writer cuts pages along the chunks it is given) and the fixed writer settings, so the same row groups make the same
+file on any thread (shard_lanes.py). The sidecar (provenance.py) gets the same row groups' provenance columns, each in
+one chunk.
 """
 
 import hashlib
@@ -60,26 +58,3 @@ class ShardFile:
         self.sidecar.close()
         self.tmp.unlink(missing_ok=True)
         self.sidecar_tmp.unlink(missing_ok=True)
-
-
-def pack(text: pa.ChunkedArray, origin: pa.Table) -> tuple[bytes, bytes]:
-    """A row group as Arrow IPC: its text, one record batch per chunk, and its provenance. Only the rows of a slice
-    are copied (pickling a slice would carry its whole block along); an empty chunk is sent as a fresh empty array for
-    the same reason."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, SCHEMA) as stream:
-        for chunk in text.chunks:
-            chunk = chunk if len(chunk) else pa.array([], pa.string())
-            stream.write_batch(pa.record_batch([chunk], schema=SCHEMA))
-    origin_sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(origin_sink, provenance.SCHEMA) as stream:
-        stream.write_table(origin)
-    return sink.getvalue().to_pybytes(), origin_sink.getvalue().to_pybytes()
-
-
-def unpack(data: tuple[bytes, bytes]) -> tuple[pa.ChunkedArray, pa.Table]:
-    text_data, origin_data = data
-    batches = list(pa.ipc.open_stream(pa.py_buffer(text_data)))
-    text = pa.chunked_array([batch.column(0) for batch in batches], pa.string())
-    origin = pa.ipc.open_stream(pa.py_buffer(origin_data)).read_all()
-    return text, origin.combine_chunks() if origin.num_rows else provenance.SCHEMA.empty_table()

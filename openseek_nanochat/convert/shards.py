@@ -4,7 +4,8 @@ Layout: `shard_00000.parquet`, `shard_00001.parquet`, ...; one `text` column; zs
 rows; the last shard is the validation split. A shard is written under atomic.py's hidden temp name and published
 (fsync, rename, fsync of the folder) when complete, so a reader never sees half a shard. A train shard closes at the
 first row-group boundary at or past the size target (nanochat's loaders stride row groups across ranks, so full row
-groups matter). Shards are written here or by worker processes (shard_pool.py), to the same bytes either way.
+groups matter). Several shards are compressed at once, each on a lane of its own (shard_lanes.py), and published in
+order, so the number of lanes changes nothing that is written.
 Each shard has its provenance sidecar (provenance.py), published just before it, and a histogram of its documents'
 lengths (lengths.py) in its record.
 """
@@ -19,8 +20,7 @@ import pyarrow as pa
 
 from openseek_nanochat.atomic import publish, temp_path
 from openseek_nanochat.convert import lengths, provenance
-from openseek_nanochat.convert.shard_file import ShardFile, pack
-from openseek_nanochat.convert.shard_pool import ShardPool
+from openseek_nanochat.convert.shard_lanes import ShardLane
 
 VAL_MIN_ROW_GROUPS = 8  # enough for one node of 8 GPUs
 
@@ -58,10 +58,11 @@ class ShardInfo:
 class ShardWriter:
     """Takes documents in order (tables with text, source, chars) and writes shards as they fill.
 
-    Where each shard ends is decided here, from the rows and characters alone. With a `pool`, a closed shard's row
-    groups go to a worker process and the calls that complete shards return those published so far, in order (at
-    most `pool.processes` shards are in flight: the main process waits for the oldest before closing another).
-    `index` counts the shards closed, published or not (what a shard limit checks), `closed_rows` their rows.
+    Where each shard ends is decided here, from the rows and characters alone. Each shard is written by its lane as
+    its row groups are cut; with `lanes` > 1 on threads, so the calls that complete shards return those published so
+    far, in order (at most `lanes` shards are being written at once: before opening another, the writer waits for
+    the oldest). `index` counts the shards closed, published or not (what a shard limit checks), `closed_rows` their
+    rows.
     """
 
     def __init__(
@@ -74,7 +75,7 @@ class ShardWriter:
         rows_per_shard: int | None,
         first_index: int = 0,
         before_publish: Callable[[], None] | None = None,
-        pool: ShardPool | None = None,
+        lanes: int = 1,
     ):
         self.out_dir = out_dir
         self.before_publish = before_publish  # the run's fencing check (fence.py): it raises to stop a rename
@@ -82,13 +83,13 @@ class ShardWriter:
         self.row_group_size = row_group_size
         self.chars_per_shard = chars_per_shard
         self.rows_per_shard = rows_per_shard
-        self.pool = pool
+        self.lanes = lanes
         self.index = first_index
         self.closed_rows = 0
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
-        self._open = None  # (ShardFile here, or the packed row groups for a worker; final path; counters)
-        self._in_flight: deque = deque()  # (future, final path, counters, split) of shards written by workers
+        self._open = None  # (lane, final path, counters) of the shard being filled
+        self._in_flight: deque = deque()  # (lane, final path, counters, split) of shards closed, not yet published
 
     # -- feeding --------------------------------------------------------------------------------------------------
     def add(self, table: pa.Table) -> list[ShardInfo]:
@@ -126,17 +127,12 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drop the shards not yet published: a failed run must not leave half a shard behind, even under a temp
-        name. A worker's shard is removed once its worker is done with it."""
+        name. Each lane's thread is stopped before its files are removed."""
         if self._open is not None:
-            shard = self._open[0]
-            if isinstance(shard, ShardFile):
-                shard.discard()
+            self._open[0].abort()
             self._open = None
-        for future, final, _, _ in self._in_flight:
-            if not future.cancel():
-                future.exception()  # wait: the file is the worker's until it returns
-            temp_path(final).unlink(missing_ok=True)
-            temp_path(self._sidecar(final)).unlink(missing_ok=True)
+        for lane, _, _, _ in self._in_flight:
+            lane.abort()
         self._in_flight.clear()
 
     # -- internals ------------------------------------------------------------------------------------------------
@@ -177,15 +173,10 @@ class ShardWriter:
                 "source_chars": np.zeros(self.num_sources, np.int64),
                 "length_hist": np.zeros(lengths.BINS, np.int64),
             }
-            shard = [] if self.pool else ShardFile(temp_path(final), temp_path(self._sidecar(final)))
-            self._open = (shard, final, counters)
-        shard, _, counters = self._open
-        text = group.column("text").cast(pa.string())
-        origin = provenance.columns(group)
-        if self.pool:
-            shard.append(pack(text, origin))  # a copy of just these rows: the block they came from can go
-        else:
-            shard.write(text, origin)
+            lane = ShardLane(temp_path(final), temp_path(self._sidecar(final)), threaded=self.lanes > 1)
+            self._open = (lane, final, counters)
+        lane, _, counters = self._open
+        lane.write(group.column("text").cast(pa.string()), provenance.columns(group))
         sources = group.column("source").to_numpy()
         chars = group.column("chars").to_numpy()
         counters["rows"] += group.num_rows
@@ -196,29 +187,23 @@ class ShardWriter:
         counters["length_hist"] += lengths.histogram(chars)
 
     def _close(self, split: str) -> list[ShardInfo]:
-        shard, final, counters = self._open
+        lane, final, counters = self._open
         self.closed_rows += counters["rows"]
-        if not self.pool:
-            info = self._publish(final, counters, split, shard.close)
-            self._open = None
-            self.index += 1
-            return [info]
+        lane.close()
+        self._in_flight.append((lane, final, counters, split))
         self._open = None
         self.index += 1
-        done = self._collect(wait=False, room=True)
-        sidecar_tmp = temp_path(self._sidecar(final))
-        self._in_flight.append((self.pool.submit(temp_path(final), sidecar_tmp, shard), final, counters, split))
-        return done
+        return self._collect(wait=False, room=True)
 
     def _collect(self, wait: bool, room: bool = False) -> list[ShardInfo]:
         """Publish the finished shards at the head of the queue: all of them (`wait`), or those done, waiting for
-        the oldest while there is no `room` for one more."""
+        the oldest while there is no `room` for another lane to open."""
         done = []
         while self._in_flight:
-            future, final, counters, split = self._in_flight[0]
-            if not (wait or future.done() or (room and len(self._in_flight) >= self.pool.processes)):
+            lane, final, counters, split = self._in_flight[0]
+            if not (wait or lane.done.done() or (room and len(self._in_flight) >= self.lanes)):
                 break
-            info = self._publish(final, counters, split, future.result)
+            info = self._publish(final, counters, split, lane.done.result)
             self._in_flight.popleft()
             done.append(info)
         return done

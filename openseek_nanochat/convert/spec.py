@@ -288,14 +288,14 @@ class ConvertSpec(StrictModel):
     on_error: Literal["fail", "skip"] = Field(
         default="fail", description="A malformed record: fail naming file:line, or skip it and count it."
     )
-    processes: int = Field(
-        default=1,
+    processes: int | None = Field(
+        default=None,
         ge=1,
         le=1024,
-        description="Processes the conversion runs in: above 1, worker processes compress and write shards while the "
-        "job process reads and mixes. The output is the same for any number, and a run may be resumed with another. "
-        "Default 1: reading and mixing is the bottleneck today, and on 2 cores 2 processes measured slower than one "
-        "(benchmarks/convert_scale.py --processes).",
+        description="Cores the conversion keeps busy (default: every core the job process may use): JSON is parsed "
+        "and Megatron parts decoded on that many threads, the reader runs ahead of the mixing, and that many shards "
+        "are compressed at once; 1 runs every step in turn on one thread. The output is the same for any number, and "
+        "a run may be resumed with another.",
     )
 
     model_config = ConfigDict(

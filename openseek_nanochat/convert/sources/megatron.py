@@ -10,10 +10,11 @@ becomes one source per entry, weighted spec.weight * w_i / sum(w); `openseek_con
 tokenizer) from a training YAML (openseek_config.py), and names every missing part at once. Cursor:
 {"part": k, "doc": i}, the first document of a batch.
 
-Decoding runs on DECODE_THREADS threads, up to DECODE_THREADS batches ahead of the consumer: the work (page faults on
-the memory map, Arrow's take, UTF-8 validation) happens outside the GIL, so it scales with cores and overlaps with
-whatever the consumer does with the previous batch. All sources share one pool, and the sources of one spec share one
-read-ahead budget (ReadAhead): a data_path of 84 parts read side by side holds about as much text as one part does.
+Decoding runs on as many threads as the conversion has cores (cores.py), batches ahead of the consumer: the work
+(page faults on the memory map, Arrow's take, UTF-8 validation) happens outside the GIL, so it scales with cores and
+overlaps with whatever the consumer does with the previous batch; on one core each batch is decoded when it is asked
+for. All sources share one pool, and the sources of one spec share one read-ahead budget (ReadAhead): a data_path of
+84 parts read side by side holds about as much text as one part does.
 """
 
 import functools
@@ -27,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from openseek_nanochat.convert import cores
 from openseek_nanochat.convert.sources.base import Batch, file_fingerprint, run_of
 from openseek_nanochat.convert.sources.detok import Detokenizer
 from openseek_nanochat.convert.sources.megatron_index import MegatronIndex, prefix_paths
@@ -44,7 +46,6 @@ BATCH_TOKENS = 1 << 20  # about 3-4 MB of text with the Qwen vocabulary, English
 READ_AHEAD_TOKENS = 4 << 20
 MIN_BATCH_TOKENS = 1 << 13
 BATCH_DOCS = 16_384  # bounds batches of tiny documents, and how far ahead a batch is planned
-DECODE_THREADS = min(4, os.cpu_count() or 1)
 MISSING_SHOWN = 3  # missing parts named in the error; the rest are counted
 
 
@@ -105,15 +106,18 @@ class ReadAhead:
     them together decode at most that much ahead, each source `ahead` batches past the one asked for: one each when
     many parts are read in turn, so every part's next batch is decoding while the consumer takes from the others. A
     source finding the budget spent still reads: one batch at a time, when the consumer asks for it, so no source ever
-    waits on another. The batch size depends only on the spec (never on the machine), so the output does too.
+    waits on another. The batch size depends only on the spec (never on the machine), so the output does too; how
+    far ahead batches decode grows with the cores (`threads`), a full batch per thread.
     """
 
-    def __init__(self, sources: int = 1):
-        sources = max(1, sources)
+    def __init__(self, sources: int = 1, threads: int | None = None):
+        sources, threads = max(1, sources), threads or cores.current()
         self.batch_tokens = int(np.clip(READ_AHEAD_TOKENS // sources, MIN_BATCH_TOKENS, BATCH_TOKENS))
         # Past READ_AHEAD_TOKENS / MIN_BATCH_TOKENS parts, one batch ahead each: memory grows MIN_BATCH_TOKENS a part.
-        self.budget = max(READ_AHEAD_TOKENS, sources * self.batch_tokens)
-        self.ahead = int(np.clip(self.budget // (sources * self.batch_tokens), 1, DECODE_THREADS))
+        # READ_AHEAD_TOKENS keeps 4 threads decoding; more cores, a proportionally larger budget.
+        self.budget = max(READ_AHEAD_TOKENS * max(1, threads // 4), sources * self.batch_tokens)
+        self.threads = threads
+        self.ahead = int(np.clip(self.budget // (sources * self.batch_tokens), 1, threads))
         self.in_flight = 0
         self.lock = threading.Lock()
 
@@ -168,13 +172,17 @@ class MegatronTextSource:
         indexes = [self._open(prefix) for prefix in self.prefixes]
         docs_before = np.cumsum([0] + [index.num_documents for index in indexes])
         total = max(int(docs_before[-1]), 1)
-        pool = decode_pool(DECODE_THREADS)
         budget = self.read_ahead
         ranges = (
             (part, *run)
             for part in range(start_part, len(indexes))
             for run in batch_ranges(indexes[part], start_doc if part == start_part else 0, budget.batch_tokens)
         )
+        if budget.threads == 1:  # one core: decode each batch when it is asked for
+            for part, start, stop, _ in ranges:
+                yield self._decode(part, indexes[part], start, stop, (docs_before[part] + stop) / total)
+            return
+        pool = decode_pool(budget.threads)
         pending: deque = deque()  # (future, tokens)
         following = next(ranges, None)
         try:
