@@ -36,6 +36,10 @@ def _empty_docs() -> pa.Table:
     return DOCS_SCHEMA.empty_table()
 
 
+def _to_numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return values.to_numpy(zero_copy_only=False)
+
+
 class SourceReader:
     """One source's documents in order, empties and short ones dropped, across epochs when asked."""
 
@@ -96,26 +100,27 @@ class SourceReader:
             except StopIteration:
                 return False
             texts = batch.texts
-            lengths = pc.fill_null(pc.utf8_length(texts), 0)
-            empty = pc.or_(pc.equal(lengths, 0), pc.fill_null(pc.utf8_is_space(texts), True))
-            short = pc.and_not(pc.less(lengths, self.min_chars), empty)
-            keep = pc.invert(pc.or_(empty, short))
-            dropped = pc.sum(pc.invert(keep)).as_py() or 0
+            # Two Arrow kernels over the text, the rest in numpy: with many parts read side by side, batches are
+            # small and the cost of each call (not of the work) is what adds up.
+            lengths = _to_numpy(pc.fill_null(pc.utf8_length(texts), 0)).astype(np.int64)
+            empty = (lengths == 0) | _to_numpy(pc.fill_null(pc.utf8_is_space(texts), True))
+            short = (lengths < self.min_chars) & ~empty
+            keep = ~(empty | short)
+            dropped = len(keep) - int(np.count_nonzero(keep))
             docs = pa.table(
                 [texts, pa.array(batch.items, pa.int32()), pa.array(batch.positions, pa.int64())],
                 names=["text", "item", "pos"],
             )
-            kept, kept_lengths = (docs.filter(keep), lengths.filter(keep)) if dropped else (docs, lengths)
+            kept, kept_lengths = (docs.filter(pa.array(keep)), lengths[keep]) if dropped else (docs, lengths)
             if kept.schema != DOCS_SCHEMA:
                 kept = kept.cast(DOCS_SCHEMA)
-            kept_lengths = kept_lengths.to_numpy(zero_copy_only=False).astype(np.int64)
             if self._count_next and self.epoch == 0:
                 for reason, n in batch.skipped.items():
                     self.skipped[reason] += n
                 for key, n in batch.stats.items():
                     self.stats[key] += n
-                self.skipped["empty"] += pc.sum(empty).as_py() or 0
-                self.skipped["short"] += pc.sum(short).as_py() or 0
+                self.skipped["empty"] += int(np.count_nonzero(empty))
+                self.skipped["short"] += int(np.count_nonzero(short))
             if self._count_next:
                 self.seen_docs += kept.num_rows
                 self.seen_chars += int(kept_lengths.sum())
