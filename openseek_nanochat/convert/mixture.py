@@ -13,6 +13,7 @@ Each document keeps its provenance through the shuffle: a block is a table whose
 source index, and the item and position the source gave it (base.py), permuted together.
 """
 
+import copy
 from collections import Counter
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ from openseek_nanochat.errors import InputError
 # prefetched and the ring's share of older ones are alive at once) and keeps a block's text under Arrow's 2 GB.
 BLOCK_CHARS_CAP = 64_000_000
 FIRST_BLOCK_CHARS = 8_000_000
+# A block's text in more chunks than this (many parts read side by side) is made one chunk before it is gathered.
+GATHER_MAX_CHUNKS = 64
 
 
 DOCS_SCHEMA = pa.schema([("text", pa.string()), ("item", pa.int32()), ("pos", pa.int64())])
@@ -184,12 +187,19 @@ class Shuffled:
 
     The gather copies every document once. Done for a whole block at once it needs a second block-sized buffer, fresh
     memory each block (the page faults cost more than the copy itself); done a row group at a time, each piece is
-    small and its memory is reused by the next. `table` has one chunk per column: a gather from many chunks would
-    concatenate them first, on every call."""
+    small and its memory is reused by the next. The text is gathered from each of its chunks in turn (Arrow's take
+    over a chunked string column would concatenate every chunk first, on every call), unless it has so many chunks
+    (many parts read side by side) that the calls would cost more: then it is made one chunk once, up front.
+    """
 
     def __init__(self, table: pa.Table, order: np.ndarray, chars: np.ndarray):
-        self.table = table  # columns: text (string), item (int32), pos (int64), source (int16), chars (int64)
-        self.order = order  # the rows of `table`, in stream order
+        text = table.column("text")
+        if text.num_chunks > GATHER_MAX_CHUNKS:
+            text = pa.chunked_array([text.combine_chunks()])
+        self.text = text
+        self.starts = np.cumsum([0] + [len(chunk) for chunk in text.chunks[:-1]])  # each chunk's first row
+        self.rest = table.drop_columns(["text"]).combine_chunks()  # item, pos, source, chars: a few bytes a row
+        self.order = order  # rows of `table`, in stream order
         self.chars = chars  # each row's length, in stream order
 
     @property
@@ -198,11 +208,32 @@ class Shuffled:
 
     def slice(self, offset: int, length: int | None = None) -> "Shuffled":
         stop = None if length is None else offset + length
-        return Shuffled(self.table, self.order[offset:stop], self.chars[offset:stop])
+        piece = copy.copy(self)
+        piece.order, piece.chars = self.order[offset:stop], self.chars[offset:stop]
+        return piece
 
     def rows(self) -> pa.Table:
-        """The rows, gathered: one chunk per column."""
-        return self.table.take(self.order)
+        """The rows, gathered: one chunk per column (text, item, pos, source, chars)."""
+        rest = self.rest.take(self.order)
+        return rest.add_column(0, "text", pa.chunked_array([self._gather_text()], self.text.type))
+
+    def _gather_text(self) -> pa.Array:
+        if self.text.num_chunks == 1:
+            return self.text.chunk(0).take(self.order)
+        chunk_of = np.searchsorted(self.starts, self.order, side="right") - 1
+        by_chunk = np.argsort(chunk_of, kind="stable")
+        rows, chunks = self.order[by_chunk], chunk_of[by_chunk]
+        cuts = np.flatnonzero(np.diff(chunks)) + 1
+        pieces = [
+            self.text.chunk(int(chunks[a])).take(rows[a:b] - self.starts[chunks[a]])
+            for a, b in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(rows)])))
+            if b > a
+        ]
+        if not pieces:
+            return pa.array([], self.text.type)
+        back = np.empty_like(by_chunk)
+        back[by_chunk] = np.arange(len(by_chunk))
+        return pa.concat_arrays(pieces).take(back)
 
 
 @dataclass
@@ -313,7 +344,7 @@ class DocStream:
             sources, chars = np.concatenate(source_ids), np.concatenate(lengths)
             table = table.append_column("source", pa.array(sources)).append_column("chars", pa.array(chars))
             order = self._order(index, sources)
-            block = self._cut_at_budget(Shuffled(table.combine_chunks(), order, chars[order]))
+            block = self._cut_at_budget(Shuffled(table, order, chars[order]))
             self.stream_docs += block.num_rows
             self.stream_chars += int(block.chars.sum())
             yield Block(index, snapshot, block)
