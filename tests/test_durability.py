@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -225,19 +226,21 @@ def test_how_many_values_each_flag_takes_is_read_from_base_train(tmp_path):
 
 
 @pytest.fixture
-def renames_and_flushes(monkeypatch) -> list[tuple[str, object]]:
-    """("rename", destination) and ("flush folder", inode) / ("flush file", None), in the order they happen."""
-    events: list[tuple[str, object]] = []
+def renames_and_flushes(monkeypatch) -> list[tuple[int, str, object]]:
+    """(thread, "rename", destination) and (thread, "flush folder", inode) / (thread, "flush file", None), in the
+    order they happen (shards are flushed on threads of their own while the main thread renames)."""
+    events: list[tuple[int, str, object]] = []
     real_replace, real_fsync = os.replace, os.fsync
 
     def replace(src, dst, **kwargs):
         real_replace(src, dst, **kwargs)
-        events.append(("rename", Path(dst)))
+        events.append((threading.get_ident(), "rename", Path(dst)))
 
     def fsync(fd):
         real_fsync(fd)
         info = os.fstat(fd)
-        events.append(("flush folder", info.st_ino) if stat.S_ISDIR(info.st_mode) else ("flush file", None))
+        kind = ("flush folder", info.st_ino) if stat.S_ISDIR(info.st_mode) else ("flush file", None)
+        events.append((threading.get_ident(), *kind))
 
     monkeypatch.setattr(os, "replace", replace)
     monkeypatch.setattr(os, "fsync", fsync)
@@ -245,11 +248,13 @@ def renames_and_flushes(monkeypatch) -> list[tuple[str, object]]:
 
 
 def assert_each_rename_is_flushed(events: list, folder: Path) -> list[str]:
-    """Each rename into `folder` is followed at once by a flush of the folder; returns the names renamed."""
+    """Each rename into `folder` is followed at once, in the thread that renamed, by a flush of the folder; returns
+    the names renamed."""
     renamed = []
-    for i, (what, value) in enumerate(events):
+    for i, (thread, what, value) in enumerate(events):
         if what == "rename" and value.parent == folder:
-            assert events[i + 1] == ("flush folder", folder.stat().st_ino), (value, events[i + 1 : i + 3])
+            after = [event[1:] for event in events[i + 1 :] if event[0] == thread]
+            assert after[:1] == [("flush folder", folder.stat().st_ino)], (value, after[:2])
             renamed.append(value.name)
     return renamed
 

@@ -1,12 +1,13 @@
 """A block's shuffled rows gathered a piece at a time are exactly the rows a take of the whole block gives: the same
-values in the same order, one chunk per column per piece (the chunk layout fixes the shard's bytes)."""
+values in the same order, and the text in one chunk per non-empty piece, as slicing the gathered blocks gives (the
+chunk layout fixes the shard's bytes)."""
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from openseek_nanochat.convert import mixture
-from openseek_nanochat.convert.mixture import Shuffled
+from openseek_nanochat.convert.mixture import Rows, Shuffled
 
 
 def block(chunks: int, rows_per_chunk: int, text_type: pa.DataType) -> pa.Table:
@@ -27,6 +28,11 @@ def block(chunks: int, rows_per_chunk: int, text_type: pa.DataType) -> pa.Table:
     )
 
 
+def gathered(rows: Rows) -> pa.Table:
+    small = rows.small_columns()
+    return small.add_column(0, "text", rows.text())
+
+
 @pytest.mark.parametrize(
     ("chunks", "text_type"),
     [(1, pa.string()), (9, pa.string()), (9, pa.large_string()), (mixture.GATHER_MAX_CHUNKS + 5, pa.string())],
@@ -34,16 +40,36 @@ def block(chunks: int, rows_per_chunk: int, text_type: pa.DataType) -> pa.Table:
 def test_pieces_are_the_rows_of_a_whole_take(chunks, text_type):
     table = block(chunks, 40, text_type)
     order = np.random.default_rng(1).permutation(table.num_rows)
-    whole = table.combine_chunks().take(order)
+    whole = table.combine_chunks().take(order).cast(table.schema.set(0, pa.field("text", pa.string())))
     shuffled = Shuffled(table, order, whole.column("chars").to_numpy())
-    assert shuffled.rows().equals(whole)
+    assert gathered(Rows([shuffled])).equals(whole)
     cuts = [0, 1, 17, 17, 100, table.num_rows // 2, table.num_rows - 1, table.num_rows]
     for start, stop in zip(cuts, cuts[1:]):
-        piece = shuffled.slice(start, stop - start)
-        rows = piece.rows()
-        assert rows.equals(whole.slice(start, stop - start)), (start, stop)
-        assert [column.num_chunks for column in rows.columns] == [1] * 5
-        assert rows.schema == whole.schema
-        assert piece.chars.tolist() == whole.column("chars").to_pylist()[start:stop]
-    rest = shuffled.slice(table.num_rows // 3)  # to the end, as a resumed block is cut
-    assert rest.rows().equals(whole.slice(table.num_rows // 3))
+        rows = Rows([shuffled.slice(start, stop - start)])
+        assert gathered(rows).equals(whole.slice(start, stop - start)), (start, stop)
+        assert rows.text().num_chunks == (1 if stop > start else 0)
+        assert rows.chars().tolist() == whole.column("chars").to_pylist()[start:stop]
+    rest = Rows([shuffled.slice(table.num_rows // 3)])  # to the end, as a resumed block is cut
+    assert gathered(rest).equals(whole.slice(table.num_rows // 3))
+
+
+def test_rows_slice_as_arrow_slices_the_gathered_blocks():
+    """Rows over several blocks (an empty piece first, as a resume can leave): any slice has the rows and the text
+    chunks of the same slice of the blocks gathered and concatenated, empty chunks dropped."""
+    blocks = [block(chunks, 30, pa.string()) for chunks in (3, 1, 7)]
+    pieces = [Shuffled(blocks[0], np.arange(blocks[0].num_rows), np.zeros(blocks[0].num_rows, np.int64)).slice(5, 0)]
+    takes = []
+    for table in blocks:
+        order = np.random.default_rng(table.num_rows).permutation(table.num_rows)
+        pieces.append(Shuffled(table, order, table.column("chars").to_numpy()[order]))
+        takes.append(table.combine_chunks().take(order))
+    rows = Rows(pieces)
+    expected = pa.concat_tables(takes)
+    total = expected.num_rows
+    for offset, length in [(0, total), (0, 10), (25, 100), (total - 3, 3), (40, 0), (0, None), (37, None)]:
+        got = rows.slice(offset, length)
+        want = expected.slice(offset, length)
+        assert gathered(got).equals(want), (offset, length)
+        assert [len(c) for c in got.text().chunks] == [len(c) for c in want.column("text").chunks if len(c)]
+    joined = Rows.join([rows.slice(0, 50), rows.slice(50)])
+    assert gathered(joined).equals(expected)

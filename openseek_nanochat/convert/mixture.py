@@ -33,6 +33,7 @@ GATHER_MAX_CHUNKS = 64
 
 
 DOCS_SCHEMA = pa.schema([("text", pa.string()), ("item", pa.int32()), ("pos", pa.int64())])
+SMALL_SCHEMA = pa.schema([("item", pa.int32()), ("pos", pa.int64()), ("source", pa.int16()), ("chars", pa.int64())])
 
 
 def _empty_docs() -> pa.Table:
@@ -183,7 +184,7 @@ class SourceReader:
 
 
 class Shuffled:
-    """Rows of a block in their shuffled order, gathered a piece at a time (`rows`) as the shards take them.
+    """Rows of a block in their shuffled order, gathered a piece at a time as the shards take them (Rows).
 
     The gather copies every document once. Done for a whole block at once it needs a second block-sized buffer, fresh
     memory each block (the page faults cost more than the copy itself); done a row group at a time, each piece is
@@ -212,12 +213,12 @@ class Shuffled:
         piece.order, piece.chars = self.order[offset:stop], self.chars[offset:stop]
         return piece
 
-    def rows(self) -> pa.Table:
-        """The rows, gathered: one chunk per column (text, item, pos, source, chars)."""
-        rest = self.rest.take(self.order)
-        return rest.add_column(0, "text", pa.chunked_array([self._gather_text()], self.text.type))
+    def small_columns(self) -> pa.Table:
+        """item, pos, source and chars of the rows, gathered (a few bytes a row)."""
+        return self.rest.take(self.order)
 
-    def _gather_text(self) -> pa.Array:
+    def gather_text(self) -> pa.Array:
+        """The rows' text, one array: the one big copy, left to whoever writes it."""
         if self.text.num_chunks == 1:
             return self.text.chunk(0).take(self.order)
         chunk_of = np.searchsorted(self.starts, self.order, side="right") - 1
@@ -234,6 +235,47 @@ class Shuffled:
         back = np.empty_like(by_chunk)
         back[by_chunk] = np.arange(len(by_chunk))
         return pa.concat_arrays(pieces).take(back)
+
+
+class Rows:
+    """Documents of the stream in order, still pieces of shuffled blocks: what the shard writer cuts into row groups.
+
+    A row group's small columns are gathered where it is cut; its text only when `text()` is called, by the thread
+    that compresses it (shard_lanes.py), so the one copy of every document is spread over the cores that write. The
+    text comes in one chunk per non-empty piece, as a slice of the gathered blocks would (the chunks fix the bytes).
+    """
+
+    def __init__(self, pieces: list[Shuffled]):
+        self.pieces = [piece for piece in pieces if piece.num_rows]
+        self.num_rows = sum(piece.num_rows for piece in self.pieces)
+
+    @staticmethod
+    def join(parts: list["Rows"]) -> "Rows":
+        return Rows([piece for part in parts for piece in part.pieces])
+
+    def slice(self, offset: int, length: int | None = None) -> "Rows":
+        stop = self.num_rows if length is None else min(self.num_rows, offset + length)
+        pieces, start = [], 0
+        for piece in self.pieces:
+            end = start + piece.num_rows
+            if end > offset and start < stop:
+                first = max(offset, start) - start
+                pieces.append(piece.slice(first, min(stop, end) - start - first))
+            start = end
+        return Rows(pieces)
+
+    def small_columns(self) -> pa.Table:
+        """item, pos, source and chars, gathered."""
+        if not self.pieces:
+            return SMALL_SCHEMA.empty_table()
+        return pa.concat_tables([piece.small_columns() for piece in self.pieces])
+
+    def chars(self) -> np.ndarray:
+        return np.concatenate([piece.chars for piece in self.pieces]) if self.pieces else np.zeros(0, np.int64)
+
+    def text(self) -> pa.ChunkedArray:
+        """The text, gathered: one chunk per piece, as `pa.string()`."""
+        return pa.chunked_array([piece.gather_text().cast(pa.string()) for piece in self.pieces], pa.string())
 
 
 @dataclass

@@ -20,12 +20,10 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-import pyarrow as pa
-
 from openseek_nanochat import procs
 from openseek_nanochat.convert import cores, fence
 from openseek_nanochat.convert.manifest import Manifest
-from openseek_nanochat.convert.mixture import DocStream, Shuffled
+from openseek_nanochat.convert.mixture import DocStream, Rows, Shuffled
 from openseek_nanochat.convert.prefetch import prefetch
 from openseek_nanochat.convert.shards import ShardInfo, ShardWriter
 from openseek_nanochat.convert.sources import TextSource, build_sources
@@ -214,7 +212,7 @@ class _Run:
             if stopped_by_shards and ring_rows >= self.holdback:
                 break
 
-        tail = pa.concat_tables([piece.rows() for piece in ring]) if ring else None
+        tail = Rows(ring) if ring else None
         tail_rows = tail.num_rows if tail is not None else 0
         if stopped_by_shards:
             for info in writer.drain():
@@ -266,19 +264,18 @@ class _Run:
 
 
 def _pop_front(ring: list[Shuffled], ring_rows: int, rows: int):
-    """The ring's first `rows` documents, gathered: one chunk per block they come from."""
+    """The ring's first `rows` documents, not gathered yet (the shard writer's lanes gather them)."""
     taken, need = [], rows
     while need:
         head = ring[0]
         if head.num_rows <= need:
-            taken.append(ring.pop(0).rows())
+            taken.append(ring.pop(0))
             need -= head.num_rows
         else:
-            taken.append(head.slice(0, need).rows())
+            taken.append(head.slice(0, need))
             ring[0] = head.slice(need)
             need = 0
-    group = pa.concat_tables(taken) if len(taken) > 1 else taken[0]
-    return group, ring, ring_rows - rows
+    return Rows(taken), ring, ring_rows - rows
 
 
 def convert(

@@ -1,9 +1,9 @@
 """Shards compressed on threads of their own, so several are written at once while the main thread reads and mixes.
 
-A lane is one shard. The main thread hands it row groups as it cuts them; the lane's thread writes them, in order,
-into its ShardFile, then closes it (flush, fsync, sha256). Compression, hashing and fsync run outside the GIL, so a
-lane fills a core without holding up the main thread, and no row group is copied to get there. With one core
-(cores.py) a lane has no thread: it writes each row group when it is handed over, in the caller's thread.
+A lane is one shard. The main thread hands it row groups as it cuts them; the lane's thread gathers each one's text
+(mixture.Rows), writes them in order into its ShardFile, then closes it (flush, fsync, sha256). The gather,
+compression, hashing and fsync run outside the GIL, so a lane fills a core without holding up the main thread. With
+one core (cores.py) a lane has no thread: it writes each row group when it is handed over, in the caller's thread.
 
 A shard's bytes depend only on its row groups, so they are the same on a lane's thread and in the caller's. Which
 documents go to which shard is decided before a lane sees them (shards.py), and shards are published in order.
@@ -11,6 +11,7 @@ documents go to which shard is decided before a lane sees them (shards.py), and 
 
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -34,10 +35,10 @@ class ShardLane:
             self._thread = threading.Thread(target=self._run, name=f"shard-lane {tmp.name}", daemon=True)
             self._thread.start()
 
-    def write(self, text: pa.ChunkedArray, origin: pa.Table) -> None:
-        """Queue one row group (its text and its provenance columns)."""
+    def write(self, text: Callable[[], pa.ChunkedArray], origin: pa.Table) -> None:
+        """Queue one row group: what gathers its text, and its provenance columns."""
         if self._queue is None:
-            self.shard.write(text, origin)
+            self.shard.write(text(), origin)
             return
         if self.done.done():
             self.done.result()  # the lane failed: say so now, not after the rest of the shard is cut
@@ -68,8 +69,9 @@ class ShardLane:
                 return
             if self.done.done():
                 continue  # failed earlier: drop what is still queued until the close or the abort
+            text, origin = item
             try:
-                self.shard.write(*item)
+                self.shard.write(text(), origin)
             except BaseException as e:
                 self.done.set_exception(e)
 

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from openseek_nanochat.atomic import publish, temp_path
 from openseek_nanochat.convert import lengths, provenance
+from openseek_nanochat.convert.mixture import Rows
 from openseek_nanochat.convert.shard_lanes import ShardLane
 
 VAL_MIN_ROW_GROUPS = 8  # enough for one node of 8 GPUs
@@ -86,13 +86,13 @@ class ShardWriter:
         self.lanes = lanes
         self.index = first_index
         self.closed_rows = 0
-        self._pending: list[pa.Table] = []
+        self._pending: list[Rows] = []
         self._pending_rows = 0
         self._open = None  # (lane, final path, counters) of the shard being filled
         self._in_flight: deque = deque()  # (lane, final path, counters, split) of shards closed, not yet published
 
     # -- feeding --------------------------------------------------------------------------------------------------
-    def add(self, table: pa.Table) -> list[ShardInfo]:
+    def add(self, table: Rows) -> list[ShardInfo]:
         """Queue documents; write every full row group; return the shards published by this call."""
         done = []
         if table.num_rows:
@@ -115,7 +115,7 @@ class ShardWriter:
         """Wait for the shards in flight and publish them, in order."""
         return self._collect(wait=True)
 
-    def write_val(self, table: pa.Table) -> ShardInfo:
+    def write_val(self, table: Rows) -> ShardInfo:
         """The validation shard, in at least VAL_MIN_ROW_GROUPS row groups where it has the rows: nanochat's loaders
         give each rank its own row groups of the validation shard, so one big group would leave ranks without data."""
         assert self._open is None and not self._pending_rows and not self._in_flight
@@ -145,14 +145,14 @@ class ShardWriter:
         rows_in_shard = self._open[2]["rows"] if self._open else 0
         return min(self.row_group_size, self.rows_per_shard - rows_in_shard)
 
-    def _take(self, rows: int) -> pa.Table:
-        table = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
+    def _take(self, rows: int) -> Rows:
+        table = Rows.join(self._pending) if len(self._pending) > 1 else self._pending[0]
         head, rest = table.slice(0, rows), table.slice(rows)
         self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows
         return head
 
-    def _write_group(self, group: pa.Table, split: str) -> list[ShardInfo]:
+    def _write_group(self, group: Rows, split: str) -> list[ShardInfo]:
         self._append(group)
         counters = self._open[2]
         full = (
@@ -162,7 +162,7 @@ class ShardWriter:
         )
         return self._close(split) if full else []
 
-    def _append(self, group: pa.Table) -> None:
+    def _append(self, group: Rows) -> None:
         if self._open is None:
             final = self.out_dir / shard_name(self.index)
             counters = {
@@ -176,9 +176,10 @@ class ShardWriter:
             lane = ShardLane(temp_path(final), temp_path(self._sidecar(final)), threaded=self.lanes > 1)
             self._open = (lane, final, counters)
         lane, _, counters = self._open
-        lane.write(group.column("text").cast(pa.string()), provenance.columns(group))
-        sources = group.column("source").to_numpy()
-        chars = group.column("chars").to_numpy()
+        small = group.small_columns()
+        lane.write(group.text, provenance.columns(small))  # the text is gathered by the lane
+        sources = small.column("source").to_numpy()
+        chars = group.chars()
         counters["rows"] += group.num_rows
         counters["chars"] += int(chars.sum())
         counters["row_groups"] += 1
