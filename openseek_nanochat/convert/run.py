@@ -215,13 +215,10 @@ class _Run:
         tail = Rows(ring) if ring else None
         tail_rows = tail.num_rows if tail is not None else 0
         if stopped_by_shards:
-            for info in writer.drain():
-                w += info.rows
-                self._shard_done(info, w)
-            val_count = spec.val_docs or auto_val_count(w)
+            # Counted from the shards closed, not those published: some may still be in flight.
+            val_count = spec.val_docs or auto_val_count(first + writer.closed_rows)
             val = tail.slice(0, val_count) if tail is not None else None
         else:
-            # Counted from the shards closed, not those published: with workers, some may still be in flight.
             total = first + writer.closed_rows + tail_rows
             val_count = spec.val_docs or auto_val_count(total)
             if total <= val_count or tail_rows < val_count:
@@ -238,7 +235,13 @@ class _Run:
             val = tail.slice(tail_rows - val_count)
         if val is None or val.num_rows == 0:
             raise InputError("no documents left for the validation shard", "sources")
-        manifest.record(writer.write_val(val))
+        # The validation shard is written while the last train shards still are; all are published in order.
+        for info in writer.write_val(val) + writer.drain():
+            if info.split == "val":
+                manifest.record(info)
+            else:
+                w += info.rows
+                self._shard_done(info, w)
         final = manifest.write(complete=True, resume=None, readers=self.stream.readers)
         self._progress(force=True, message="done", fraction=1.0)
         return final

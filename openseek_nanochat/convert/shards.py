@@ -103,27 +103,29 @@ class ShardWriter:
         return done + self._collect(wait=False)
 
     def finish(self) -> list[ShardInfo]:
-        """Flush what is queued into the last train shard (a short final row group); wait for every shard."""
+        """Flush what is queued into the last train shard (a short final row group) and close it; returns the shards
+        published by this call (`drain` waits for the rest)."""
         done = []
         if self._pending_rows:
             done += self._write_group(self._take(self._pending_rows), split="train")
         if self._open is not None:
             done += self._close("train")
-        return done + self.drain()
+        return done
 
     def drain(self) -> list[ShardInfo]:
         """Wait for the shards in flight and publish them, in order."""
         return self._collect(wait=True)
 
-    def write_val(self, table: Rows) -> ShardInfo:
-        """The validation shard, in at least VAL_MIN_ROW_GROUPS row groups where it has the rows: nanochat's loaders
-        give each rank its own row groups of the validation shard, so one big group would leave ranks without data."""
-        assert self._open is None and not self._pending_rows and not self._in_flight
+    def write_val(self, table: Rows) -> list[ShardInfo]:
+        """The validation shard, after the train shards (they may still be in flight: it is written beside them and
+        published after them), in at least VAL_MIN_ROW_GROUPS row groups where it has the rows: nanochat's loaders
+        give each rank its own row groups of the validation shard, so one big group would leave ranks without data.
+        Returns the shards published by this call; `drain` waits for the rest, the validation shard last."""
+        assert self._open is None and not self._pending_rows
         group_rows = max(1, min(self.row_group_size, -(-table.num_rows // VAL_MIN_ROW_GROUPS)))
         for start in range(0, table.num_rows, group_rows):
             self._append(table.slice(start, group_rows))
-        (info,) = self._close("val") + self.drain()
-        return info
+        return self._close("val")
 
     def abort(self) -> None:
         """Drop the shards not yet published: a failed run must not leave half a shard behind, even under a temp
