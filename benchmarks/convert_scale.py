@@ -11,8 +11,9 @@ document), converted with a `max_chars` budget of half of it:
 - `1000 parts`: many small ones, as a data_path too (a `prefixes` glob reads its parts one after the other, so
   only a blend holds many parts open at once).
 
-Each conversion runs in a fresh process that reports its own wall time and peak RSS; runs alternate across layouts
-(--repeat), the best wall time and the highest peak counting. Ratios are against `1 part`, measured in the same run.
+Each conversion runs in a fresh process (on every core: `processes` left to its default) that reports its own wall
+time and peak RSS; runs alternate across layouts (--repeat), the best wall time and the highest peak counting. Ratios
+are against `1 part`, measured in the same run.
 
 --processes compares instead conversions on 1 core and on more (`processes` in the spec: --cores, default 1 and every
 usable core), on a JSONL corpus of --jsonl-mb (benchmarks/convert.py's) and on the `config, 38 parts` miniature of
@@ -21,7 +22,7 @@ straight into a zstd ParquetWriter, no shuffle, no provenance, no manifest) and 
 with zstd, as its documentation sets up a local pipeline: one task, since the corpus is one file).
 
     .venv/bin/python benchmarks/convert_scale.py [--mb 500] [--repeat 2] [--workdir bench-data/scale]
-    .venv/bin/python benchmarks/convert_scale.py --processes [--cores 1 2] [--jsonl-mb 200] [--mb 200] [--repeat 3]
+    .venv/bin/python benchmarks/convert_scale.py --processes [--cores 1 2] [--jsonl-mb 200] [--mb 500] [--repeat 5]
 """
 
 import argparse
@@ -108,7 +109,10 @@ def layouts(total_chars: int) -> dict[str, tuple[dict[str, int], dict]]:
 
 
 def child(spec_file: str) -> None:
-    # Imports before the clock starts: the benchmark compares conversions, not interpreter start-up.
+    # Imports before the clock starts: the benchmark compares conversions, not interpreter start-up. pandas too:
+    # pyarrow imports it when it first builds an array, in every case alike (0.2 s here).
+    import pandas  # noqa: F401
+
     from openseek_nanochat.convert.run import convert
     from openseek_nanochat.convert.sources import megatron  # noqa: F401
     from openseek_nanochat.convert.spec import ConvertSpec
