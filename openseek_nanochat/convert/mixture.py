@@ -28,8 +28,10 @@ from openseek_nanochat.errors import InputError
 # prefetched and the ring's share of older ones are alive at once) and keeps a block's text under Arrow's 2 GB.
 BLOCK_CHARS_CAP = 64_000_000
 FIRST_BLOCK_CHARS = 8_000_000
-# A block's text in more chunks than this (many parts read side by side) is made one chunk before it is gathered.
-GATHER_MAX_CHUNKS = 64
+# A block's text in more chunks than this (many parts read side by side) is made one chunk before it is gathered: a
+# row group touches most chunks, one call each. Measured: 38 parts (~200 chunks a block) gathered faster chunk by
+# chunk, 84 parts (~450) faster made one chunk.
+GATHER_MAX_CHUNKS = 256
 
 
 DOCS_SCHEMA = pa.schema([("text", pa.string()), ("item", pa.int32()), ("pos", pa.int64())])
