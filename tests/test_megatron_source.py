@@ -162,6 +162,14 @@ def test_token_outside_the_vocabulary(shared_data, data_dir, tmp_path):
     )
 
 
+def test_negative_token_id(shared_data, data_dir, tmp_path):
+    write_megatron(tmp_path / "n", [[[BEGIN, 9707, END]], [[BEGIN, 9707, END]], [[9707, -3, END]]], np.int32)
+    [source] = sources(shared_data, prefixes=[str(tmp_path / "n")])
+    with pytest.raises(InputError) as e:
+        texts(source)
+    assert str(e.value).startswith(f"{tmp_path}/n.bin: document 2: token id -3 is outside the tokenizer's vocabulary")
+
+
 def test_check_validates_every_index(shared_data, data_dir, tmp_path):
     write_megatron(tmp_path / "good", [[[1, 2]]])
     write_megatron(tmp_path / "floats", [[[1.0, 2.0]]], np.float32)

@@ -210,7 +210,9 @@ class MegatronTextSource:
     def _decode(self, part: int, index: MegatronIndex, start: int, stop: int, progress: float) -> Batch:
         tokens, offsets = index.read_documents(start, stop)
         vocab_size = self.detokenizer.vocab_size
-        if len(tokens) and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        # One pass: read as unsigned, a negative id is past every vocabulary too.
+        unsigned = tokens.view(np.dtype(f"u{tokens.dtype.itemsize}")) if tokens.dtype.kind == "i" else tokens
+        if len(tokens) and unsigned.max() >= vocab_size:
             at = int(np.flatnonzero((tokens < 0) | (tokens >= vocab_size))[0])
             doc = start + int(np.searchsorted(offsets, at, side="right")) - 1
             raise InputError(
