@@ -221,8 +221,11 @@ class Shuffled:
 
     def gather_text(self) -> pa.Array:
         """The rows' text, one array: the one big copy, left to whoever writes it."""
+        if not len(self.order):
+            return pa.array([], self.text.type)
         if self.text.num_chunks == 1:
             return self.text.chunk(0).take(self.order)
+        # Take from each chunk the rows it holds, in one run per chunk, then put the rows back in order.
         chunk_of = np.searchsorted(self.starts, self.order, side="right") - 1
         by_chunk = np.argsort(chunk_of, kind="stable")
         rows, chunks = self.order[by_chunk], chunk_of[by_chunk]
@@ -230,10 +233,7 @@ class Shuffled:
         pieces = [
             self.text.chunk(int(chunks[a])).take(rows[a:b] - self.starts[chunks[a]])
             for a, b in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(rows)])))
-            if b > a
         ]
-        if not pieces:
-            return pa.array([], self.text.type)
         back = np.empty_like(by_chunk)
         back[by_chunk] = np.arange(len(by_chunk))
         return pa.concat_arrays(pieces).take(back)

@@ -30,6 +30,7 @@ class ShardLane:
         self.done: Future = Future()
         self._queue: queue.SimpleQueue | None = None
         self._thread: threading.Thread | None = None
+        self._aborted = threading.Event()  # read by the thread before each row group: a backlog is dropped, not written
         if threaded:
             self._queue = queue.SimpleQueue()
             self._thread = threading.Thread(target=self._run, name=f"shard-lane {tmp.name}", daemon=True)
@@ -55,6 +56,7 @@ class ShardLane:
     def abort(self) -> None:
         """Stop, wait for the thread, and remove the shard and its sidecar whatever state they are in."""
         if self._queue is not None:
+            self._aborted.set()
             self._queue.put(_ABORT)
             self._thread.join()
         self.shard.discard()
@@ -62,7 +64,7 @@ class ShardLane:
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _ABORT:
+            if item is _ABORT or self._aborted.is_set():
                 return
             if item is _CLOSE:
                 self._finish()
