@@ -190,7 +190,7 @@ class _Run:
         ring: list[Shuffled] = []
         ring_rows = 0
         train_limit = spec.max_shards - 1 if spec.max_shards else None
-        # The limit counts shards closed, not only published ones: workers may still be writing the last of them.
+        # The limit counts shards closed, not only published ones: lanes may still be writing the last of them.
         stopped_by_shards = train_limit is not None and writer.index >= train_limit
 
         for block in prefetch(self.stream.blocks(start)):
