@@ -252,14 +252,17 @@ class _Run:
             self.snapshots.popleft()  # blocks wholly written can't be a resume point any more
         resume = self.manifest.resume_point(w, self.snapshots[0][1])
         self.manifest.write(complete=False, resume=resume, readers=self.stream.readers)
-        self._progress(force=True)
+        # At the shard just published, not at what was handed over: lanes publish several shards at once at times.
+        self._progress(force=True, at=w)
 
-    def _progress(self, force: bool = False, message: str | None = None, fraction: float | None = None) -> None:
+    def _progress(
+        self, force: bool = False, message: str | None = None, fraction: float | None = None, at: int | None = None
+    ) -> None:
         self.progress.report(
             self.stream,
             len(self.manifest.shards),
             self.snapshots,
-            self.fed,
+            self.fed if at is None else at,
             force=force,
             message=message,
             fraction=fraction,

@@ -6,6 +6,7 @@ file on any thread (shard_lanes.py). The sidecar (provenance.py) gets the same r
 one chunk.
 """
 
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -54,7 +55,9 @@ class ShardFile:
         )
 
     def discard(self) -> None:
-        self.writer.close()
-        self.sidecar.close()
+        """Close and remove both files. Closing writes a footer, which a full disk refuses: the files go anyway."""
+        for writer in (self.writer, self.sidecar):
+            with contextlib.suppress(OSError, pa.ArrowException):
+                writer.close()
         self.tmp.unlink(missing_ok=True)
         self.sidecar_tmp.unlink(missing_ok=True)

@@ -129,13 +129,19 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drop the shards not yet published: a failed run must not leave half a shard behind, even under a temp
-        name. Each lane's thread is stopped before its files are removed."""
-        if self._open is not None:
-            self._open[0].abort()
-            self._open = None
-        for lane, _, _, _ in self._in_flight:
-            lane.abort()
+        name. Each lane's thread is stopped before its files are removed; every lane is, even if one fails to, and
+        then the first failure is raised."""
+        lanes = [lane for lane, *_ in self._in_flight] + ([self._open[0]] if self._open is not None else [])
+        self._open = None
         self._in_flight.clear()
+        failures = []
+        for lane in lanes:
+            try:
+                lane.abort()
+            except Exception as e:
+                failures.append(e)
+        if failures:
+            raise failures[0]
 
     # -- internals ------------------------------------------------------------------------------------------------
     def _sidecar(self, final: Path) -> Path:
