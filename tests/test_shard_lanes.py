@@ -78,7 +78,6 @@ def test_the_writer_aborts_every_lane_when_one_fails_to(tmp_path, monkeypatch):
             "item": pa.array(np.zeros(n, np.int32)),
             "pos": pa.array(np.arange(n)),
             "source": pa.array(np.zeros(n, np.int16)),
-            "chars": pa.array(np.full(n, 100, np.int64)),
         }
     )
     block = Shuffled(table, np.arange(n), np.full(n, 100, np.int64))

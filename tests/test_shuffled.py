@@ -10,9 +10,9 @@ from openseek_nanochat.convert import mixture
 from openseek_nanochat.convert.mixture import Rows, Shuffled
 
 
-def block(chunks: int, rows_per_chunk: int, text_type: pa.DataType) -> pa.Table:
+def block(chunks: int, rows_per_chunk: int, text_type: pa.DataType) -> tuple[pa.Table, np.ndarray]:
     """A block's table as the mixture builds it: text in `chunks` chunks (some empty, documents of any length,
-    non-ASCII too); item and pos chunked otherwise; source and chars in one chunk."""
+    non-ASCII too); item and pos chunked otherwise; source in one chunk; and the documents' lengths beside it."""
     rng = np.random.default_rng(chunks)
     texts, n = [], 0
     for c in range(chunks):
@@ -23,9 +23,7 @@ def block(chunks: int, rows_per_chunk: int, text_type: pa.DataType) -> pa.Table:
     positions = pa.chunked_array([pa.array(np.arange(k, min(n, k + 33), dtype=np.int64)) for k in range(0, n, 33)])
     table = pa.table([pa.chunked_array(texts, text_type), items, positions], names=["text", "item", "pos"])
     lengths = np.array([len(t) for t in table.column("text").to_pylist()], np.int64)
-    return table.append_column("source", pa.array(np.arange(n, dtype=np.int16) % 3)).append_column(
-        "chars", pa.array(lengths)
-    )
+    return table.append_column("source", pa.array(np.arange(n, dtype=np.int16) % 3)), lengths
 
 
 def gathered(rows: Rows) -> pa.Table:
@@ -38,17 +36,17 @@ def gathered(rows: Rows) -> pa.Table:
     [(1, pa.string()), (9, pa.string()), (9, pa.large_string()), (mixture.GATHER_MAX_CHUNKS + 5, pa.string())],
 )
 def test_pieces_are_the_rows_of_a_whole_take(chunks, text_type):
-    table = block(chunks, 40, text_type)
+    table, lengths = block(chunks, 40, text_type)
     order = np.random.default_rng(1).permutation(table.num_rows)
     whole = table.combine_chunks().take(order).cast(table.schema.set(0, pa.field("text", pa.string())))
-    shuffled = Shuffled(table, order, whole.column("chars").to_numpy())
+    shuffled = Shuffled(table, order, lengths[order])
     assert gathered(Rows([shuffled])).equals(whole)
     cuts = [0, 1, 17, 17, 100, table.num_rows // 2, table.num_rows - 1, table.num_rows]
     for start, stop in zip(cuts, cuts[1:]):
         rows = Rows([shuffled.slice(start, stop - start)])
         assert gathered(rows).equals(whole.slice(start, stop - start)), (start, stop)
         assert rows.text().num_chunks == (1 if stop > start else 0)
-        assert rows.chars().tolist() == whole.column("chars").to_pylist()[start:stop]
+        assert rows.chars().tolist() == [len(text) for text in whole.column("text").to_pylist()[start:stop]]
     rest = Rows([shuffled.slice(table.num_rows // 3)])  # to the end, as a resumed block is cut
     assert gathered(rest).equals(whole.slice(table.num_rows // 3))
 
@@ -57,11 +55,12 @@ def test_rows_slice_as_arrow_slices_the_gathered_blocks():
     """Rows over several blocks (an empty piece first, as a resume can leave): any slice has the rows and the text
     chunks of the same slice of the blocks gathered and concatenated, empty chunks dropped."""
     blocks = [block(chunks, 30, pa.string()) for chunks in (3, 1, 7)]
-    pieces = [Shuffled(blocks[0], np.arange(blocks[0].num_rows), np.zeros(blocks[0].num_rows, np.int64)).slice(5, 0)]
+    first = blocks[0][0]
+    pieces = [Shuffled(first, np.arange(first.num_rows), np.zeros(first.num_rows, np.int64)).slice(5, 0)]
     takes = []
-    for table in blocks:
+    for table, lengths in blocks:
         order = np.random.default_rng(table.num_rows).permutation(table.num_rows)
-        pieces.append(Shuffled(table, order, table.column("chars").to_numpy()[order]))
+        pieces.append(Shuffled(table, order, lengths[order]))
         takes.append(table.combine_chunks().take(order))
     rows = Rows(pieces)
     expected = pa.concat_tables(takes)

@@ -35,7 +35,7 @@ GATHER_MAX_CHUNKS = 256
 
 
 DOCS_SCHEMA = pa.schema([("text", pa.string()), ("item", pa.int32()), ("pos", pa.int64())])
-SMALL_SCHEMA = pa.schema([("item", pa.int32()), ("pos", pa.int64()), ("source", pa.int16()), ("chars", pa.int64())])
+SMALL_SCHEMA = pa.schema([("item", pa.int32()), ("pos", pa.int64()), ("source", pa.int16())])
 
 
 def _empty_docs() -> pa.Table:
@@ -201,7 +201,7 @@ class Shuffled:
             text = pa.chunked_array([text.combine_chunks()])
         self.text = text
         self.starts = np.cumsum([0] + [len(chunk) for chunk in text.chunks[:-1]])  # each chunk's first row
-        self.rest = table.drop_columns(["text"]).combine_chunks()  # item, pos, source, chars: a few bytes a row
+        self.rest = table.drop_columns(["text"]).combine_chunks()  # item, pos, source: a few bytes a row
         self.order = order  # rows of `table`, in stream order
         self.chars = chars  # each row's length, in stream order
 
@@ -216,7 +216,7 @@ class Shuffled:
         return piece
 
     def small_columns(self) -> pa.Table:
-        """item, pos, source and chars of the rows, gathered (a few bytes a row)."""
+        """item, pos and source of the rows, gathered (a few bytes a row)."""
         return self.rest.take(self.order)
 
     def gather_text(self) -> pa.Array:
@@ -267,7 +267,7 @@ class Rows:
         return Rows(pieces)
 
     def small_columns(self) -> pa.Table:
-        """item, pos, source and chars, gathered."""
+        """item, pos and source, gathered."""
         if not self.pieces:
             return SMALL_SCHEMA.empty_table()
         return pa.concat_tables([piece.small_columns() for piece in self.pieces])
@@ -385,8 +385,8 @@ class DocStream:
             table = pa.concat_tables(parts)
             if table.column("text").nbytes >= 2**31 - 2**24:  # a freak block of huge documents: 64-bit offsets
                 table = table.set_column(0, "text", table.column("text").cast(pa.large_string()))
-            sources, chars = np.concatenate(source_ids), np.concatenate(lengths)
-            table = table.append_column("source", pa.array(sources)).append_column("chars", pa.array(chars))
+            sources, chars = np.concatenate(source_ids), np.concatenate(lengths)  # lengths ride along in numpy
+            table = table.append_column("source", pa.array(sources))
             order = self._order(index, sources)
             block = self._cut_at_budget(Shuffled(table, order, chars[order]))
             self.stream_docs += block.num_rows

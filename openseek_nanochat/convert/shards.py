@@ -56,7 +56,7 @@ class ShardInfo:
 
 
 class ShardWriter:
-    """Takes documents in order (tables with text, source, chars) and writes shards as they fill.
+    """Takes documents in order (mixture.Rows: text, provenance, lengths) and writes shards as they fill.
 
     Where each shard ends is decided here, from the rows and characters alone. Each shard is written by its lane as
     its row groups are cut; with `lanes` > 1 on threads, so the calls that complete shards return those published so
