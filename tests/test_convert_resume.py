@@ -10,6 +10,7 @@ import time
 import pytest
 
 from convertutil import run_spec, shard_bytes
+from serverutil import shakespeare_jsonl
 
 
 class Crash(Exception):
@@ -182,3 +183,44 @@ def test_an_unfinished_conversion_of_the_earlier_format_is_refused_with_the_reas
     as_earlier_version(datasets / "old", complete=False)
     with pytest.raises(InputError, match=r"holds an unfinished conversion by an earlier version \(openseek-nanochat"):
         run_spec(spec)
+
+
+def test_automatic_val_docs_are_one_percent_of_all_documents_after_any_crash(data_dir, datasets):
+    # Without val_docs the validation shard holds 1% of every document written, counted the same way by a clean run
+    # and by one resumed after its last train shard (the train shard still filling when the stream ends counts too).
+    # More documents than the 10,000 held back for validation, so train shards are written before the stream ends.
+    corpus = shakespeare_jsonl(data_dir / "shakespeare.jsonl", copies=2)
+    spec = {
+        "sources": [{"type": "files", "paths": [str(corpus)]}],
+        "chars_per_shard": 200_000,
+        "row_group_size": 64,
+        "shuffle_buffer": 5000,
+    }
+    clean = run_spec({**spec, "output_dir": str(datasets / "clean")})
+    train_shards = sum(s["split"] == "train" for s in clean["shards"])
+    assert clean["totals"]["docs"] == 2 * 7222 and train_shards > 3
+    assert clean["shards"][-1]["split"] == "val" and clean["shards"][-1]["rows"] == 2 * 7222 // 100
+    assert_resumes_as(clean, spec, datasets, crash_points=(1, train_shards))
+
+
+def test_max_shards_holds_when_the_stream_is_shorter_than_the_holdback(mixed_spec, datasets):
+    # Fewer documents than the automatic validation holdback (10,000): the stream ends before any is written, and
+    # the limit still holds, in a clean run and in one resumed after each shard.
+    spec = {key: value for key, value in mixed_spec.items() if key != "val_docs"} | {"max_shards": 4}
+    clean = run_spec({**spec, "output_dir": str(datasets / "clean")})
+    assert [s["split"] for s in clean["shards"]] == ["train"] * 3 + ["val"]
+    train_docs = sum(s["rows"] for s in clean["shards"][:3])
+    assert clean["shards"][-1]["rows"] == train_docs // 100  # 1% of what the train shards hold
+    assert_resumes_as(clean, spec, datasets, crash_points=(1, 3))
+
+
+def assert_resumes_as(clean: dict, spec: dict, datasets, crash_points) -> None:
+    """A run of `spec` stopped after each of `crash_points` shards and resumed ends byte-identical to `clean` (written
+    to datasets/clean)."""
+    for crash_at in crash_points:
+        out = datasets / f"crashed_{crash_at}"
+        with pytest.raises(Crash):
+            run_spec({**spec, "output_dir": str(out)}, on_progress=crash_after(crash_at))
+        resumed = run_spec({**spec, "output_dir": str(out)})
+        assert shard_bytes(out) == shard_bytes(datasets / "clean"), f"crash after shard {crash_at}"
+        assert resumed["shards"] == clean["shards"]

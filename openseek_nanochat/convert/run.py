@@ -149,6 +149,7 @@ class _Run:
         self.stream: DocStream | None = None
         self.snapshots: deque = deque()  # (stream index where a block starts, its snapshot), oldest still unwritten
         self.fed = 0  # stream index of the next document to hand to the shard writer
+        self.written = 0  # stream index of the first document not in a published train shard
 
     def run(self) -> dict:
         finished = self.manifest.open()
@@ -183,70 +184,74 @@ class _Run:
     def _write(self, writer: ShardWriter) -> dict:
         spec, manifest = self.spec, self.manifest
         resume_from = manifest.resume_from
-        w = resume_from["stream_docs"] if resume_from else 0  # stream index of the next train document
-        first = w
+        self.written = self.fed = resume_from["stream_docs"] if resume_from else 0
+        first = self.written
         start = resume_from["block"] if resume_from else None
-        self.fed = w
         ring: list[Shuffled] = []
-        ring_rows = 0
-        train_limit = spec.max_shards - 1 if spec.max_shards else None
-        # The limit counts shards closed, not only published ones: lanes may still be writing the last of them.
-        stopped_by_shards = train_limit is not None and writer.index >= train_limit
-
         for block in prefetch(self.stream.blocks(start)):
             table = block.table
             self.snapshots.append((block.snapshot["stream_docs"], block.snapshot))
             if start is not None and block.index == start["block"]:
-                table = table.slice(w - start["stream_docs"])  # the part of the resumed block already written
+                table = table.slice(self.written - start["stream_docs"])  # the part of the resumed block written
             ring.append(table)
-            ring_rows += table.num_rows
-            # Feed the writer one row group at a time, so a shard never closes with documents queued behind it.
-            while ring_rows - self.holdback >= writer.next_group_rows() and not stopped_by_shards:
-                group, ring, ring_rows = _pop_front(ring, ring_rows, writer.next_group_rows())
-                self.fed += group.num_rows
-                for info in writer.add(group):
-                    w += info.rows
-                    self._shard_done(info, w)
-                stopped_by_shards = train_limit is not None and writer.index >= train_limit
+            self._feed(writer, ring, keep=self.holdback)
             self._progress()
-            if stopped_by_shards and ring_rows >= self.holdback:
+            if self._stopped(writer) and _rows(ring) >= self.holdback:
                 break
 
-        tail = Rows(ring) if ring else None
-        tail_rows = tail.num_rows if tail is not None else 0
-        if stopped_by_shards:
-            # Counted from the shards closed, not those published: some may still be in flight.
-            val_count = spec.val_docs or auto_val_count(first + writer.closed_rows)
-            val = tail.slice(0, val_count) if tail is not None else None
-        else:
-            total = first + writer.closed_rows + tail_rows
+        if not self._stopped(writer):
+            # The stream has ended: every document is counted, and all but the validation ones are train documents.
+            total = self.fed + _rows(ring)
             val_count = spec.val_docs or auto_val_count(total)
-            if total <= val_count or tail_rows < val_count:
+            if total <= val_count or _rows(ring) < val_count:
                 raise InputError(
                     f"only {total} document(s) after filtering; a dataset needs at least one train document and "
                     f"{val_count} validation document(s) (val_docs). Add data or lower val_docs/min_chars",
                     "sources",
                 )
-            train_rest = tail.slice(0, tail_rows - val_count)
+            self._feed(writer, ring, keep=val_count)  # whole row groups; the shard limit may still stop this
+        if self._stopped(writer):
+            # Stopped by max_shards: the validation documents follow the last train shard, and their automatic
+            # count is taken from the train documents (a stop means the stream was not read to its end).
+            val_count = spec.val_docs or auto_val_count(first + writer.closed_rows)
+            val = Rows(ring).slice(0, val_count) if ring else None
+        else:
+            tail = Rows(ring)
+            train_rest = tail.slice(0, tail.num_rows - val_count)  # less than a row group
             self.fed += train_rest.num_rows
-            for info in writer.add(train_rest) + writer.finish():
-                w += info.rows
-                self._shard_done(info, w)
-            val = tail.slice(tail_rows - val_count)
+            self._shards_done(writer.add(train_rest) + writer.finish())
+            val = tail.slice(tail.num_rows - val_count)
         if val is None or val.num_rows == 0:
             raise InputError("no documents left for the validation shard", "sources")
         # The validation shard is written while the last train shards still are; all are published in order.
-        for info in writer.write_val(val) + writer.drain():
-            if info.split == "val":
-                manifest.record(info)
-            else:
-                w += info.rows
-                self._shard_done(info, w)
+        self._shards_done(writer.write_val(val) + writer.drain())
         final = manifest.write(complete=True, resume=None, readers=self.stream.readers)
         self._progress(force=True, message="done", fraction=1.0)
         return final
 
-    def _shard_done(self, info: ShardInfo, w: int) -> None:
+    def _stopped(self, writer: ShardWriter) -> bool:
+        """max_shards reached: the limit counts shards closed, not only published ones (lanes may still be writing
+        the last of them), and leaves one shard for validation."""
+        return self.spec.max_shards is not None and writer.index >= self.spec.max_shards - 1
+
+    def _feed(self, writer: ShardWriter, ring: list[Shuffled], keep: int) -> None:
+        """Hand the writer the ring's oldest documents one row group at a time (so a shard never closes with
+        documents queued behind it), keeping the newest `keep`, until the shard limit is reached."""
+        while not self._stopped(writer) and _rows(ring) - keep >= writer.next_group_rows():
+            group = _pop_front(ring, writer.next_group_rows())
+            self.fed += group.num_rows
+            self._shards_done(writer.add(group))
+
+    def _shards_done(self, infos: list[ShardInfo]) -> None:
+        for info in infos:
+            if info.split == "val":
+                self.manifest.record(info)
+            else:
+                self.written += info.rows
+                self._train_shard_done(info)
+
+    def _train_shard_done(self, info: ShardInfo) -> None:
+        w = self.written
         self.manifest.record(info)
         while len(self.snapshots) > 1 and self.snapshots[1][0] <= w:
             self.snapshots.popleft()  # blocks wholly written can't be a resume point any more
@@ -269,8 +274,12 @@ class _Run:
         )
 
 
-def _pop_front(ring: list[Shuffled], ring_rows: int, rows: int):
-    """The ring's first `rows` documents, not gathered yet (the shard writer's lanes gather them)."""
+def _rows(ring: list[Shuffled]) -> int:
+    return sum(table.num_rows for table in ring)
+
+
+def _pop_front(ring: list[Shuffled], rows: int) -> Rows:
+    """The ring's first `rows` documents, taken out of it, not gathered yet (the shard writer's lanes gather them)."""
     taken, need = [], rows
     while need:
         head = ring[0]
@@ -281,7 +290,7 @@ def _pop_front(ring: list[Shuffled], ring_rows: int, rows: int):
             taken.append(head.slice(0, need))
             ring[0] = head.slice(need)
             need = 0
-    return Rows(taken), ring, ring_rows - rows
+    return Rows(taken)
 
 
 def convert(
