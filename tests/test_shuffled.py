@@ -10,14 +10,20 @@ from openseek_nanochat.convert import mixture
 from openseek_nanochat.convert.mixture import Rows, Shuffled
 
 
-def block(chunks: int, rows_per_chunk: int, text_type: pa.DataType) -> tuple[pa.Table, np.ndarray]:
+def block(
+    chunks: int, rows_per_chunk: int, text_type: pa.DataType, sliced: bool = False
+) -> tuple[pa.Table, np.ndarray]:
     """A block's table as the mixture builds it: text in `chunks` chunks (some empty, documents of any length,
-    non-ASCII too); item and pos chunked otherwise; source in one chunk; and the documents' lengths beside it."""
+    non-ASCII and empty ones too; `sliced`: each chunk a window of a larger array, as a source's batch is taken in
+    parts); item and pos chunked otherwise; source in one chunk; and the documents' lengths beside it."""
     rng = np.random.default_rng(chunks)
     texts, n = [], 0
     for c in range(chunks):
         size = 0 if c % 5 == 3 else rows_per_chunk
-        texts.append(pa.array([f"{n + i}:" + "é✓x" * int(rng.integers(0, 50)) for i in range(size)], text_type))
+        values = ["" if i % 11 == 4 else f"{n + i}:" + "é✓x" * int(rng.integers(0, 50)) for i in range(size)]
+        texts.append(
+            pa.array(["before", *values, "after"], text_type).slice(1, size) if sliced else pa.array(values, text_type)
+        )
         n += size
     items = pa.chunked_array([pa.array(np.arange(n, dtype=np.int32) % 7)])
     positions = pa.chunked_array([pa.array(np.arange(k, min(n, k + 33), dtype=np.int64)) for k in range(0, n, 33)])
@@ -31,12 +37,22 @@ def gathered(rows: Rows) -> pa.Table:
     return small.add_column(0, "text", rows.text())
 
 
+# A row group's text is gathered from a block's chunks by a take per chunk or by copying row by row, whichever costs
+# less (COPY_ROWS_PER_CHUNK); each way is tested alone.
+@pytest.mark.parametrize("copy_rows_per_chunk", [0, 10**9], ids=["take", "copy"])
 @pytest.mark.parametrize(
-    ("chunks", "text_type"),
-    [(1, pa.string()), (9, pa.string()), (9, pa.large_string()), (mixture.GATHER_MAX_CHUNKS + 5, pa.string())],
+    ("chunks", "text_type", "sliced"),
+    [
+        (1, pa.string(), False),
+        (9, pa.string(), False),
+        (9, pa.string(), True),
+        (9, pa.large_string(), True),
+        (261, pa.string(), False),
+    ],
 )
-def test_pieces_are_the_rows_of_a_whole_take(chunks, text_type):
-    table, lengths = block(chunks, 40, text_type)
+def test_pieces_are_the_rows_of_a_whole_take(chunks, text_type, sliced, copy_rows_per_chunk, monkeypatch):
+    monkeypatch.setattr(mixture, "COPY_ROWS_PER_CHUNK", copy_rows_per_chunk)
+    table, lengths = block(chunks, 40, text_type, sliced)
     order = np.random.default_rng(1).permutation(table.num_rows)
     whole = table.combine_chunks().take(order).cast(table.schema.set(0, pa.field("text", pa.string())))
     shuffled = Shuffled(table, order, lengths[order])

@@ -28,10 +28,10 @@ from openseek_nanochat.errors import InputError
 # prefetched and the ring's share of older ones are alive at once) and keeps a block's text under Arrow's 2 GB.
 BLOCK_CHARS_CAP = 64_000_000
 FIRST_BLOCK_CHARS = 8_000_000
-# A block's text in more chunks than this (many parts read side by side) is made one chunk before it is gathered: a
-# row group touches most chunks, one call each. Measured: 38 parts (~200 chunks a block) gathered faster chunk by
-# chunk, 84 parts (~450) faster made one chunk.
-GATHER_MAX_CHUNKS = 256
+# Gathering a row group's text from a block in many chunks (many parts read side by side): below this many rows per
+# chunk touched, its documents are copied one by one (about 1.3 us each, in the calling thread) rather than taken by a
+# take per chunk (about 35 us each) and a second take to put them back in order. Measured crossover: ~27.
+COPY_ROWS_PER_CHUNK = 24
 
 
 DOCS_SCHEMA = pa.schema([("text", pa.string()), ("item", pa.int32()), ("pos", pa.int64())])
@@ -190,20 +190,19 @@ class Shuffled:
 
     The gather copies every document once. Done for a whole block at once it needs a second block-sized buffer, fresh
     memory each block (the page faults cost more than the copy itself); done a row group at a time, each piece is
-    small and its memory is reused by the next. The text is gathered from each of its chunks in turn (Arrow's take
-    over a chunked string column would concatenate every chunk first, on every call), unless it has so many chunks
-    (many parts read side by side) that the calls would cost more: then it is made one chunk once, up front.
+    small and its memory is reused by the next. Arrow's take over a chunked string column would concatenate every
+    chunk first, on every call, so a block's text is gathered from its chunks directly (gather_text).
     """
 
     def __init__(self, table: pa.Table, order: np.ndarray, chars: np.ndarray):
-        text = table.column("text")
-        if text.num_chunks > GATHER_MAX_CHUNKS:
-            text = pa.chunked_array([text.combine_chunks()])
-        self.text = text
-        self.starts = np.cumsum([0] + [len(chunk) for chunk in text.chunks[:-1]])  # each chunk's first row
+        self.text = table.column("text")
+        self.starts = np.cumsum([0] + [len(chunk) for chunk in self.text.chunks[:-1]])  # each chunk's first row
         self.rest = table.drop_columns(["text"]).combine_chunks()  # item, pos, source: a few bytes a row
         self.order = order  # rows of `table`, in stream order
         self.chars = chars  # each row's length, in stream order
+        # Where each row's bytes lie (first, past the last, in its chunk's data) and each chunk's data, for _copy_rows:
+        # made once a block, shared by every piece cut from it.
+        self.bytes_at = _bytes_at(self.text) if self.text.num_chunks > 1 else None
 
     @property
     def num_rows(self) -> int:
@@ -220,13 +219,17 @@ class Shuffled:
         return self.rest.take(self.order)
 
     def gather_text(self) -> pa.Array:
-        """The rows' text, one array: the one big copy, left to whoever writes it."""
+        """The rows' text, one array: the one big copy, left to whoever writes it. From one chunk, Arrow's take; from
+        many, whichever of two ways costs less for how the rows spread over them."""
         if not len(self.order):
             return pa.array([], self.text.type)
         if self.text.num_chunks == 1:
             return self.text.chunk(0).take(self.order)
-        # Take from each chunk the rows it holds, in one run per chunk, then put the rows back in order.
         chunk_of = np.searchsorted(self.starts, self.order, side="right") - 1
+        touched = int(np.count_nonzero(np.bincount(chunk_of, minlength=self.text.num_chunks)))
+        if len(self.order) < COPY_ROWS_PER_CHUNK * touched and self.text.null_count == 0:
+            return self._copy_rows(chunk_of)
+        # Take from each chunk the rows it holds, in one run per chunk, then put the rows back in order.
         by_chunk = np.argsort(chunk_of, kind="stable")
         rows, chunks = self.order[by_chunk], chunk_of[by_chunk]
         cuts = np.flatnonzero(np.diff(chunks)) + 1
@@ -237,6 +240,36 @@ class Shuffled:
         back = np.empty_like(by_chunk)
         back[by_chunk] = np.arange(len(by_chunk))
         return pa.concat_arrays(pieces).take(back)
+
+    def _copy_rows(self, chunk_of: np.ndarray) -> pa.Array:
+        """The rows' bytes copied one document at a time, straight from each chunk's data into the result: one copy,
+        made holding the GIL (a few milliseconds a row group)."""
+        first, past, data = self.bytes_at
+        first, past = first[self.order], past[self.order]
+        offsets = np.zeros(len(self.order) + 1, np.int64)
+        np.cumsum(past - first, out=offsets[1:])
+        joined = b"".join([data[c][a:b] for c, a, b in zip(chunk_of.tolist(), first.tolist(), past.tolist())])
+        kind, width = (pa.string(), np.int32) if offsets[-1] < 2**31 else (pa.large_string(), np.int64)
+        return pa.Array.from_buffers(
+            kind, len(self.order), [None, pa.py_buffer(offsets.astype(width)), pa.py_buffer(joined)]
+        )
+
+
+def _bytes_at(text: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, list[memoryview]]:
+    bounds = [_string_offsets(chunk) for chunk in text.chunks]
+    first = np.concatenate([b[:-1] for b in bounds])
+    past = np.concatenate([b[1:] for b in bounds])
+    return first, past, [memoryview(chunk.buffers()[2] or b"") for chunk in text.chunks]
+
+
+def _string_offsets(chunk: pa.Array) -> np.ndarray:
+    """A string chunk's value offsets into its data buffer, one per row and one past the end (a sliced chunk's
+    offsets are a window of its buffer's)."""
+    if not len(chunk):
+        return np.zeros(1, np.int64)
+    width = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
+    offsets = np.frombuffer(chunk.buffers()[1], width)
+    return offsets[chunk.offset : chunk.offset + len(chunk) + 1].astype(np.int64)
 
 
 class Rows:
