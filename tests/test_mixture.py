@@ -2,7 +2,11 @@
 
 import collections
 
+import pyarrow as pa
 import pytest
+
+from openseek_nanochat.convert.mixture import SourceReader
+from openseek_nanochat.convert.sources.base import Batch
 
 from convertutil import jsonl_records, read_docs, run_spec
 
@@ -83,3 +87,28 @@ def test_without_budget_every_document_once_whatever_the_weights(shared_data, da
     )
     assert collections.Counter(read_docs(datasets / "all")) == collections.Counter(expected)
     assert [s["epochs"] for s in manifest["sources"]] == [1, 1, 1]
+
+
+class _Batches:
+    """A source that yields the given batches of text as they are: what a reader gets from any real source."""
+
+    name, weight = "stand-in", 1.0
+
+    def __init__(self, *batches: list):
+        self.batches = batches
+
+    def read(self, cursor=None):
+        for i, texts in enumerate(self.batches):
+            yield Batch(cursor={"batch": i}, texts=pa.array(texts, pa.string()))
+
+
+@pytest.mark.parametrize("with_nulls", [True, False])
+def test_reader_drops_null_empty_blank_and_short_documents(with_nulls):
+    # Nulls count as empty documents; a batch without them takes the same path minus the fill.
+    first = [None, "", "  \n", "ok", "a longer one"] if with_nulls else ["", "  \n", "ok", "a longer one"]
+    reader = SourceReader(_Batches(first, ["x" * 5, "\t", "kept too"]), min_chars=3)
+    parts, lengths, docs, chars = reader.take(100, by_chars=False, repeat=False)
+    texts = [text for part in parts for text in part.column("text").to_pylist()]
+    assert texts == ["a longer one", "xxxxx", "kept too"]
+    assert [n for piece in lengths for n in piece.tolist()] == [12, 5, 8] and (docs, chars) == (3, 25)
+    assert reader.skipped == {"empty": 3 + with_nulls, "short": 1}

@@ -108,8 +108,11 @@ class SourceReader:
             texts = batch.texts
             # Two Arrow kernels over the text, the rest in numpy: with many parts read side by side, batches are
             # small and the cost of each call (not of the work) is what adds up.
-            lengths = _to_numpy(pc.fill_null(pc.utf8_length(texts), 0)).astype(np.int64)
-            empty = (lengths == 0) | _to_numpy(pc.fill_null(pc.utf8_is_space(texts), True))
+            lengths, spaces = pc.utf8_length(texts), pc.utf8_is_space(texts)
+            if texts.null_count:  # a null document is an empty one
+                lengths, spaces = pc.fill_null(lengths, 0), pc.fill_null(spaces, True)
+            lengths = _to_numpy(lengths).astype(np.int64)
+            empty = (lengths == 0) | _to_numpy(spaces)
             short = (lengths < self.min_chars) & ~empty
             keep = ~(empty | short)
             dropped = len(keep) - int(np.count_nonzero(keep))
