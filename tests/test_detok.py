@@ -12,9 +12,11 @@ from openseek_nanochat.convert.sources.detok import (
     QWEN_SPECIAL_TOKENS,
     ByteTableDetokenizer,
     TokenizersDetokenizer,
+    _ranks_line_by_line,
     load_detokenizer,
     load_hf,
     qwen_token_bytes,
+    tiktoken_ranks,
 )
 from openseek_nanochat.convert.spec import HFTokenizerSpec, QwenTokenizerSpec
 from openseek_nanochat.errors import InputError
@@ -113,6 +115,37 @@ def test_malformed_vocabulary_files(tmp_path):
     with pytest.raises(InputError) as e:
         qwen_token_bytes(path)
     assert str(e.value) == f"{path}: not a tiktoken vocabulary: rank 0 appears twice (ranks must be 0..n-1)"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("IQ== 0\nIg== 1\n", [b"!", b'"']),  # as tiktoken writes it: read in bulk
+        ("\nIQ== 0\r\n\n  Ig==\t1  \n\n", [b"!", b'"']),  # blank lines, CRLF, spaces and tabs
+        ("Ig== 1\nIQ== 0\n", [b"!", b'"']),  # ranks out of order: read line by line, sorted
+        ("", []),
+        ("IQ== 0 Ig== 1\n", "1: expected a base64 token and its rank"),  # two on one line: right count, wrong shape
+        ("IQ== 0 MTIz\n1\n", "1: expected a base64 token and its rank"),
+        ("IQ== 0\nIg==\n", "2: expected a base64 token and its rank"),
+        ("IQ== 0\nIQ 1\n", "2: expected a base64 token and its rank"),  # unpadded base64
+    ],
+)
+def test_vocabulary_files_read_in_bulk_or_line_by_line(tmp_path, text, expected):
+    path = tmp_path / "ranks.tiktoken"
+    path.write_text(text)
+    if isinstance(expected, list):
+        assert tiktoken_ranks(path) == expected
+        return
+    with pytest.raises(InputError) as e:
+        tiktoken_ranks(path)
+    assert str(e.value) == f"{path}:{expected}"
+
+
+def test_qwen_vocabulary_reads_the_same_in_bulk_as_line_by_line(shared_data):
+    path = shared_data / "qwen.tiktoken"
+    ranks = tiktoken_ranks(path)
+    assert len(ranks) == 151_643 and ranks == _ranks_line_by_line(path.read_bytes(), path)
+    assert qwen_token_bytes(path) == ranks + [b""] * len(QWEN_SPECIAL_TOKENS)
 
 
 SAMPLE = [

@@ -103,23 +103,59 @@ class TokenizersDetokenizer:
 
 
 def qwen_token_bytes(path: Path) -> list[bytes]:
-    """qwen.tiktoken (one `base64-token rank` per line, ranks 0..n-1) plus its special tokens as empty strings."""
+    """qwen.tiktoken plus its special tokens as empty strings."""
+    return tiktoken_ranks(path) + [b""] * len(QWEN_SPECIAL_TOKENS)
+
+
+def tiktoken_ranks(path: Path) -> list[bytes]:
+    """A tiktoken ranks file (one `base64-token rank` per line, ranks 0..n-1, blank lines allowed): each rank's
+    bytes, in rank order. Read in bulk where the file is as tiktoken writes it, ranks in order (a vocabulary is read
+    at every submit and every conversion start: line by line this took 0.15-0.2 s for Qwen's); otherwise line by line,
+    which names the first line or rank that is wrong."""
+    data = path.read_bytes()
+    in_order = _in_order_ranks(data)
+    return in_order if in_order is not None else _ranks_line_by_line(data, path)
+
+
+_WHITESPACE = np.zeros(256, bool)  # what bytes.split() splits on
+_WHITESPACE[list(b" \t\n\r\x0b\x0c")] = True
+
+
+def _in_order_ranks(data: bytes) -> list[bytes] | None:
+    """The tokens, if every non-blank line holds a valid base64 token and the next rank, in order; else None."""
+    fields = data.split()
+    raw = np.frombuffer(data, np.uint8)
+    space = _WHITESPACE[raw]
+    field_starts = np.flatnonzero(~space & np.concatenate(([True], space[:-1])))
+    line_of_field = np.searchsorted(np.flatnonzero(raw == ord("\n")), field_starts)
+    fields_per_line = np.bincount(line_of_field)
+    if np.any((fields_per_line != 0) & (fields_per_line != 2)):
+        return None
+    tokens, ranks = fields[0::2], fields[1::2]
+    if ranks != [b"%d" % rank for rank in range(len(ranks))]:
+        return None
+    try:
+        return [binascii.a2b_base64(token, strict_mode=True) for token in tokens]
+    except binascii.Error:
+        return None
+
+
+def _ranks_line_by_line(data: bytes, path: Path) -> list[bytes]:
     by_rank = []
-    with open(path, "rb") as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                token, rank = line.split()
-                by_rank.append((int(rank), binascii.a2b_base64(token, strict_mode=True)))
-            except (ValueError, binascii.Error):
-                raise InputError("expected a base64 token and its rank", f"{path}:{line_number}") from None
+    for line_number, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            token, rank = line.split()
+            by_rank.append((int(rank), binascii.a2b_base64(token, strict_mode=True)))
+        except (ValueError, binascii.Error):
+            raise InputError("expected a base64 token and its rank", f"{path}:{line_number}") from None
     by_rank.sort(key=lambda pair: pair[0])
     for expected, (rank, _) in enumerate(by_rank):
         if rank != expected:
             problem = f"rank {rank} appears twice" if rank < expected else f"rank {expected} is missing"
             raise InputError(f"not a tiktoken vocabulary: {problem} (ranks must be 0..n-1)", str(path))
-    return [token for _, token in by_rank] + [b""] * len(QWEN_SPECIAL_TOKENS)
+    return [token for _, token in by_rank]
 
 
 def _byte_level_alphabet() -> dict[str, int]:

@@ -114,7 +114,7 @@ def load_tokenizer(spec: TokenizerSpec, settings: Settings) -> tuple[Detokenizer
         return detok.load_detokenizer(spec, settings), [str(check_input_path(spec.path, settings))]
     if isinstance(spec, TiktokenTokenizerSpec):
         path = detok.tokenizer_file(spec.path, settings, "tokenizer.path")
-        ranks = detok.qwen_token_bytes(path)[: -len(detok.QWEN_SPECIAL_TOKENS)]  # the ranks without Qwen's specials
+        ranks = detok.tiktoken_ranks(path)
         return PastEndDetokenizer(ranks), [str(path)]
     assert isinstance(spec, MegatronTokenizerSpec)
     kind = spec.tokenizer_type
