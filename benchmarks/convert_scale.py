@@ -216,8 +216,8 @@ def processes_table(work: Path, args) -> None:
     cases = {
         ("jsonl", "Arrow ceiling"): {"peer": "ceiling", "corpus": str(corpus)},
         ("jsonl", "datatrove"): {"peer": "datatrove", "corpus": str(corpus)},
-        **{("jsonl", f"{n} cores"): {**jsonl, "processes": n} for n in cores},
-        **{("megatron", f"{n} cores"): {**megatron, "processes": n} for n in cores},
+        **{("jsonl", cores_label(n)): {**jsonl, "processes": n} for n in cores},
+        **{("megatron", cores_label(n)): {**megatron, "processes": n} for n in cores},
     }
     runs = {case: [] for case in cases}
     for _ in range(args.repeat):  # alternate, so a burst of load on this shared machine hits all alike
@@ -233,8 +233,8 @@ def processes_table(work: Path, args) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for (kind, what), r in results.items():
         wall = r["wall_s"]
-        one = results.get((kind, f"{cores[0]} cores"))
-        vs_one = f"{one['wall_s'] / wall:.2f}x" if one and what.endswith("cores") else "-"
+        one = results.get((kind, cores_label(cores[0])))
+        vs_one = f"{one['wall_s'] / wall:.2f}x" if one and what in map(cores_label, cores) else "-"
         vs_ceiling = f"{results[('jsonl', 'Arrow ceiling')]['wall_s'] / wall:.2f}x" if kind == "jsonl" else "-"
         vs_datatrove = f"{results[('jsonl', 'datatrove')]['wall_s'] / wall:.2f}x" if kind == "jsonl" else "-"
         print(
@@ -242,6 +242,10 @@ def processes_table(work: Path, args) -> None:
             f"{r['cpu_s'] / wall:.2f} | {r['peak_rss_mb']:,.0f} |"
         )
     print(f"targets on 2 cores: 2 cores >= 1.6x 1 core; the project on {cores[-1]} cores >= 1.0x the Arrow ceiling")
+
+
+def cores_label(n: int) -> str:
+    return f"{n} core" if n == 1 else f"{n} cores"
 
 
 def build(work: Path, chosen: dict, mb: int) -> None:

@@ -5,7 +5,9 @@ Order of events for a run into `output_dir`:
   2. The stream's last `holdback` documents wait in a ring; older ones go to the shard writer a row group at a time.
   3. Each completed train shard is renamed into place, then the manifest records it with a resume point: the stream
      position of the next document and the state of the block holding it.
-  4. At the end the ring is split: the last `val_count` documents are the validation shard (the last file).
+  4. At the end of the stream the ring is split: its last `val_count` documents are the validation shard (the last
+     file), 1% of all the documents unless val_docs says; when max_shards stops the run first, the `val_count`
+     documents that follow the last train shard are, 1% of the train documents unless val_docs says.
 The run keeps `processes` cores busy (cores.py): the reader runs ahead on its own threads while shards are compressed
 on lanes of their own; shards are still renamed and recorded one by one in order, so the number changes nothing that
 is written.
