@@ -201,6 +201,7 @@ def measure(work: Path, name: str, spec: dict, copies: int = 1) -> dict:
         "wall_s": max(r["wall_s"] for r in results),
         "cpu_s": sum(r["cpu_s"] for r in results),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+        "chars": results[0]["chars"],
         "copies": copies,
     }
 
