@@ -64,23 +64,30 @@ def save_atomic(path: Path, save: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_json_atomic(path: Path, data) -> None:
-    write_atomic(path, lambda f: f.write(readable_json(data).encode("utf-8")))
+def write_json_atomic(path: Path, data, encoded: dict[str, list[str]] | None = None) -> None:
+    write_atomic(path, lambda f: f.write(readable_json(data, encoded).encode("utf-8")))
 
 
-def readable_json(data) -> str:
+def compact_json(value) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def readable_json(data, encoded: dict[str, list[str]] | None = None) -> str:
     """JSON with each top-level field on a line of its own and each element of a top-level list too (a manifest's
-    shards, inputs, sources), everything inside compact.
+    shards, inputs, sources), everything inside compact. `encoded` gives, for some top-level lists, their elements
+    already made `compact_json` (a manifest's shards, which never change once recorded, are encoded once).
 
     Written this way, not with `indent`, because `indent` takes json's pure-Python encoder: a manifest over 1,000
     Megatron parts (1 MB) took 0.3 s each time a shard was recorded, holding the GIL the reading thread needs."""
     if not isinstance(data, dict):
-        return json.dumps(data, ensure_ascii=False) + "\n"
+        return compact_json(data) + "\n"
+    encoded = encoded or {}
     fields = []
     for key, value in data.items():
         if isinstance(value, list) and value:
-            items = ",\n".join(f"    {json.dumps(item, ensure_ascii=False)}" for item in value)
+            lines = encoded[key] if key in encoded else map(compact_json, value)
+            items = "    " + ",\n    ".join(lines)
             fields.append(f"  {json.dumps(key)}: [\n{items}\n  ]")
         else:
-            fields.append(f"  {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}")
+            fields.append(f"  {json.dumps(key)}: {compact_json(value)}")
     return "{\n" + ",\n".join(fields) + "\n}\n" if fields else "{}\n"

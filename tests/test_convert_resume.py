@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from openseek_nanochat.atomic import readable_json
+
 from convertutil import run_spec, shard_bytes
 from serverutil import shakespeare_jsonl
 
@@ -224,3 +226,29 @@ def assert_resumes_as(clean: dict, spec: dict, datasets, crash_points) -> None:
         resumed = run_spec({**spec, "output_dir": str(out)})
         assert shard_bytes(out) == shard_bytes(datasets / "clean"), f"crash after shard {crash_at}"
         assert resumed["shards"] == clean["shards"]
+
+
+def test_the_manifest_after_every_shard_says_exactly_what_its_shards_sum_to(mixed_spec, datasets):
+    # The manifest is rewritten at every shard from records encoded once and totals summed as they come, also after
+    # a resume: each version on disk is the canonical layout of what it says, and its totals are its shards' sums.
+    out = datasets / "out"
+    versions = []
+
+    def check(_progress):
+        text = (out / "manifest.json").read_text()
+        manifest = json.loads(text)
+        assert text == readable_json(manifest)
+        shards, totals = manifest["shards"], manifest["totals"]
+        assert totals["shards"] == len(shards) and totals["docs"] == sum(s["rows"] for s in shards)
+        assert totals["chars"] == sum(s["chars"] for s in shards) and totals["bytes"] == sum(s["bytes"] for s in shards)
+        assert totals["train_shards"] == sum(s["split"] == "train" for s in shards)
+        bins = range(len(totals["length_bins"]))
+        assert totals["length_hist"] == [sum(s["length_hist"][i] for s in shards) for i in bins]
+        versions.append(len(shards))
+
+    with pytest.raises(Crash):
+        run_spec({**mixed_spec, "output_dir": str(out)}, on_progress=lambda p: (check(p), crash_after(3)(p)))
+    final = run_spec({**mixed_spec, "output_dir": str(out)}, on_progress=check)
+    check(None)
+    assert set(range(1, len(final["shards"]) + 1)) <= set(versions) and len(final["shards"]) > 10
+    assert final["totals"]["val_docs"] == final["shards"][-1]["rows"] == 40

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from openseek_nanochat.atomic import fsync_dir, temp_path, write_json_atomic
+from openseek_nanochat.atomic import compact_json, fsync_dir, temp_path, write_json_atomic
 from openseek_nanochat.convert import fence, lengths, provenance
 from openseek_nanochat.convert.mixture import SourceReader
 from openseek_nanochat.convert.shards import ShardInfo, list_shards
@@ -54,7 +54,12 @@ class Manifest:
         self.sources = sources
         inputs = [{"source": s.name, "files": s.fingerprint()} for s in sources]
         self.fingerprint = {"spec": spec.fingerprint_fields(), "inputs": inputs}
+        # The shards recorded so far; the manifest is rewritten at every shard, so what it says of them is kept up to
+        # date as they come: each record encoded once, the totals summed once (re-encoding and re-summing all of them
+        # each time was quadratic: most of the time of a 2,000-shard run).
         self.shards: list[dict] = []
+        self.shard_lines: list[str] = []
+        self.sums = ShardSums()
         self.source_docs = np.zeros(len(sources), np.int64)
         self.source_chars = np.zeros(len(sources), np.int64)
         self.resume_from: dict | None = None  # the resume point found on opening: where an interrupted run stopped
@@ -92,7 +97,8 @@ class Manifest:
                     str(self.out),
                 )
             fence.superseded_at_open(manifest, self.owner, self.attempt, str(path))
-            self.shards = manifest["shards"]
+            for shard in manifest["shards"]:
+                self._add_shard(shard)
             self.resume_from = manifest.get("resume")
             if self.resume_from:
                 self.source_docs = np.array(self.resume_from["source_docs"], np.int64)
@@ -121,9 +127,14 @@ class Manifest:
         fence.check(read(self.out), self.owner, self.attempt, str(self.out / NAME))
 
     def record(self, info: ShardInfo) -> None:
-        self.shards.append(info.public())
+        self._add_shard(info.public())
         self.source_docs += np.array(info.source_docs, np.int64)
         self.source_chars += np.array(info.source_chars, np.int64)
+
+    def _add_shard(self, record: dict) -> None:
+        self.shards.append(record)
+        self.shard_lines.append(compact_json(record))
+        self.sums.add(record)
 
     def resume_point(self, stream_docs: int, block: dict) -> dict:
         """Where a re-run starts: the stream position after the last recorded shard, the snapshot of the block holding
@@ -149,11 +160,11 @@ class Manifest:
             **self.fingerprint,
             "shards": self.shards,
             "sources": sources,
-            "totals": _totals(self.shards, sources),
+            "totals": self.sums.totals(sources),
             "resume": resume,
             "updated_at": time.time(),
         }
-        write_json_atomic(self.out / NAME, manifest)
+        write_json_atomic(self.out / NAME, manifest, encoded={"shards": self.shard_lines})
         self.last_written = _identity(self.out / NAME)
         return manifest
 
@@ -198,20 +209,34 @@ def _identity(path: Path) -> tuple | None:
     return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
-def _totals(shards: list[dict], sources: list[dict]) -> dict:
-    return {
-        "docs": sum(s["rows"] for s in shards),
-        "chars": sum(s["chars"] for s in shards),
-        "bytes": sum(s["bytes"] for s in shards),
-        "shards": len(shards),
-        "train_shards": sum(s["split"] == "train" for s in shards),
-        "val_docs": sum(s["rows"] for s in shards if s["split"] == "val"),
-        "length_bins": lengths.edges(),
-        "length_hist": np.sum([s["length_hist"] for s in shards], axis=0, dtype=np.int64).tolist()
-        if shards
-        else [0] * lengths.BINS,
-        "skipped": _sum_counters(s["skipped"] for s in sources),
-    }
+class ShardSums:
+    """The manifest's totals over its shards, summed as they are recorded."""
+
+    def __init__(self):
+        self.shards = self.train_shards = self.docs = self.chars = self.bytes = self.val_docs = 0
+        self.length_hist = np.zeros(lengths.BINS, np.int64)
+
+    def add(self, shard: dict) -> None:
+        self.shards += 1
+        self.train_shards += shard["split"] == "train"
+        self.docs += shard["rows"]
+        self.chars += shard["chars"]
+        self.bytes += shard["bytes"]
+        self.val_docs += shard["rows"] if shard["split"] == "val" else 0
+        self.length_hist += np.asarray(shard["length_hist"], np.int64)
+
+    def totals(self, sources: list[dict]) -> dict:
+        return {
+            "docs": self.docs,
+            "chars": self.chars,
+            "bytes": self.bytes,
+            "shards": self.shards,
+            "train_shards": self.train_shards,
+            "val_docs": self.val_docs,
+            "length_bins": lengths.edges(),
+            "length_hist": self.length_hist.tolist(),
+            "skipped": _sum_counters(s["skipped"] for s in sources),
+        }
 
 
 def _source_type(source: TextSource) -> str:
