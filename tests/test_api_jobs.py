@@ -184,5 +184,12 @@ def test_samples_are_what_the_provenance_sidecars_say(server):
     wait_for_state(client, failed["id"], "failed")
     response = client.get(f"/jobs/{failed['id']}/samples")
     assert response.status_code == 409 and "is not finished yet (it is failed)" in response.json()["detail"]
+
+    # Finished by earlier formats: /2 had the same sidecars; /1 had none.
+    for version, status in ((2, 200), (1, 409)):
+        (out / "manifest.json").write_text(json.dumps({**manifest, "format": f"openseek-nanochat.convert/{version}"}))
+        response = client.get(f"/jobs/{job['id']}/samples", params={"n": 25, "seed": 3, "max_chars": 40})
+        assert response.status_code == status
+        assert response.json() == samples if status == 200 else "without provenance" in response.json()["detail"]
     schema = client.get("/openapi.json").json()["paths"]["/jobs/{job_id}/samples"]["get"]
     assert schema["responses"]["200"]["content"]["application/json"]["example"][0]["locator"]["line"] == 1

@@ -153,18 +153,20 @@ def test_resume_of_a_local_hf_dataset(shared_data, data_dir, streaming, datasets
     assert shard_bytes(datasets / "crashed") == shard_bytes(datasets / "clean")
 
 
-def as_earlier_version(out, complete: bool) -> None:
-    """The folder as the previous manifest format left it: /1, no provenance sidecars."""
+def as_earlier_version(out, complete: bool, version: int = 1) -> None:
+    """The folder as an earlier manifest format left it: /1 had no provenance sidecars; /2 sized blocks by what the
+    sources had fetched."""
     manifest = json.loads((out / "manifest.json").read_text())
-    manifest.update(format="openseek-nanochat.convert/1", complete=complete)
+    manifest.update(format=f"openseek-nanochat.convert/{version}", complete=complete)
     (out / "manifest.json").write_text(json.dumps(manifest))
-    for sidecar in (out / "provenance").iterdir():
-        sidecar.unlink()
-    (out / "provenance").rmdir()
+    if version == 1:
+        for sidecar in (out / "provenance").iterdir():
+            sidecar.unlink()
+        (out / "provenance").rmdir()
 
 
 def files_in(folder) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_a_dataset_finished_by_the_earlier_format_is_still_finished(mixed_spec, datasets):
@@ -176,15 +178,19 @@ def test_a_dataset_finished_by_the_earlier_format_is_still_finished(mixed_spec, 
     assert files_in(datasets / "old") == before
 
 
-def test_an_unfinished_conversion_of_the_earlier_format_is_refused_with_the_reason(mixed_spec, datasets):
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_unfinished_conversion_of_an_earlier_format_is_refused_with_the_reason(mixed_spec, datasets, version):
     from openseek_nanochat.errors import InputError
 
     spec = {**mixed_spec, "output_dir": str(datasets / "old")}
     with pytest.raises(Crash):
         run_spec(spec, on_progress=crash_after(3))
-    as_earlier_version(datasets / "old", complete=False)
-    with pytest.raises(InputError, match=r"holds an unfinished conversion by an earlier version \(openseek-nanochat"):
+    as_earlier_version(datasets / "old", complete=False, version=version)
+    before = files_in(datasets / "old")
+    refusal = rf"an earlier version \(openseek-nanochat.convert/{version}\), which this one cannot resume"
+    with pytest.raises(InputError, match=refusal):
         run_spec(spec)
+    assert files_in(datasets / "old") == before  # refused before anything was touched
 
 
 def test_automatic_val_docs_are_one_percent_of_all_documents_after_any_crash(data_dir, datasets):

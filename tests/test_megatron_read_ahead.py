@@ -92,11 +92,8 @@ def test_a_consumer_that_stops_early_gives_the_budget_back(shared_data, parts, m
     assert sources[0].read_ahead.in_flight == 0
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_the_output_does_not_depend_on_the_cores(shared_data, parts, datasets, monkeypatch, threads):
-    """The batch size follows the spec, never the cores decoding (`processes`): the same shards on any machine."""
-    data_path, _ = parts
-    spec = {
+def blend_spec(shared_data, data_path) -> dict:
+    return {
         "sources": [
             {
                 "type": "megatron",
@@ -108,9 +105,27 @@ def test_the_output_does_not_depend_on_the_cores(shared_data, parts, datasets, m
         "shuffle_buffer": 500,
         "chars_per_shard": 20_000,
     }
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_output_does_not_depend_on_the_cores(shared_data, parts, datasets, monkeypatch, threads):
+    """The batch size follows the spec, never the cores decoding (`processes`): the same shards on any machine."""
+    spec = blend_spec(shared_data, parts[0])
     monkeypatch.setattr(megatron, "MIN_BATCH_TOKENS", 50)
     monkeypatch.setattr(megatron, "READ_AHEAD_TOKENS", 6_000)
     run_spec({**spec, "name": "two", "processes": 2})
     run_spec({**spec, "name": "other", "processes": threads})
     first, second = shard_bytes(datasets / "two"), shard_bytes(datasets / "other")
     assert len(first) >= 2 and first == second
+
+
+def test_the_output_does_not_depend_on_the_batch_size(shared_data, parts, datasets, monkeypatch):
+    """How many tokens a part decodes at a time is a speed setting: blocks are sized by the documents of the stream,
+    not by what the parts happened to fetch, so any read-ahead budget writes the same shards."""
+    spec = blend_spec(shared_data, parts[0])
+    monkeypatch.setattr(megatron, "MIN_BATCH_TOKENS", 50)
+    for name, budget in (("small", 6_000), ("large", 60_000)):
+        monkeypatch.setattr(megatron, "READ_AHEAD_TOKENS", budget)
+        run_spec({**spec, "name": name})
+    small, large = shard_bytes(datasets / "small"), shard_bytes(datasets / "large")
+    assert len(small) >= 2 and small == large

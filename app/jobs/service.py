@@ -164,7 +164,7 @@ def sample_dataset(
         raise store.Conflict(
             f"the dataset of job {job.id} is not finished yet (it is {job.state}); sample it when done"
         )
-    if found.get("format") != manifest_file.FORMAT:
+    if found.get("format") not in manifest_file.WITH_PROVENANCE:
         raise store.Conflict(f"the dataset in {folder} was written by an older version, without provenance")
     return samples.draw(folder, found, n=n, seed=seed, source=source, split=split, max_chars=max_chars)
 

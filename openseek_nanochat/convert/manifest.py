@@ -30,9 +30,12 @@ from openseek_nanochat.convert.spec import ConvertSpec
 from openseek_nanochat.errors import InputError
 
 NAME = "manifest.json"
-# /2: shards have provenance sidecars and length histograms; a /1 folder has neither, so it is not resumed.
-FORMAT = "openseek-nanochat.convert/2"  # /2 adds provenance sidecars and the length histogram
-READABLE_FORMATS = ("openseek-nanochat.convert/1", FORMAT)  # a finished /1 dataset is still a finished dataset
+# /2: shards have provenance sidecars and length histograms; a /1 folder has neither.
+# /3: blocks are sized by the stream's mean document length (mixture.py), not by what the sources had fetched.
+# An unfinished folder of an earlier format is not resumed: its run would end otherwise than a clean one.
+FORMAT = "openseek-nanochat.convert/3"
+READABLE_FORMATS = ("openseek-nanochat.convert/1", "openseek-nanochat.convert/2", FORMAT)  # finished is finished
+WITH_PROVENANCE = ("openseek-nanochat.convert/2", FORMAT)  # formats whose shards have provenance sidecars
 
 
 class Manifest:
@@ -92,8 +95,8 @@ class Manifest:
             if manifest["format"] != FORMAT:
                 raise InputError(
                     f"holds an unfinished conversion by an earlier version ({manifest['format']}), which this one "
-                    "cannot resume (it records provenance the earlier one did not); delete the folder or choose "
-                    "another output_dir",
+                    "cannot resume (it plans and records the rest otherwise, so the dataset would match neither "
+                    "version's); delete the folder or choose another output_dir",
                     str(self.out),
                 )
             fence.superseded_at_open(manifest, self.owner, self.attempt, str(path))

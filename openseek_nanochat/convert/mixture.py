@@ -58,7 +58,7 @@ class SourceReader:
         self.exhausted = False
         self.skipped: Counter = Counter()
         self.stats: Counter = Counter()
-        self.seen_docs = 0  # kept documents fetched (whole batches), for the mean length
+        self.seen_docs = 0  # kept documents fetched (whole batches): whether the source ever had one
         self.seen_chars = 0
         self._progress_span = (0.0, 0.0)  # the source's progress before and after the held batch
         self._iter = None
@@ -181,11 +181,12 @@ class SourceReader:
             self.offset += n
         return parts, part_lengths, docs, chars
 
-    def mean_length(self) -> float | None:
-        if not self.seen_docs and self.offset >= self._docs.num_rows and not self.exhausted:
-            self._fetch()  # peek: the first block needs a length estimate
+    def first_length(self) -> int | None:
+        """The length of the source's first document (None if it has none): peeked, for the first block's size."""
+        if not self.seen_docs and not self.exhausted:
+            self._fetch()
             self.offset = 0
-        return self.seen_chars / self.seen_docs if self.seen_docs else None
+        return int(self._lengths[0]) if self.seen_docs else None
 
 
 class Shuffled:
@@ -370,13 +371,25 @@ class DocStream:
         known = [r.progress for r in self.readers]
         return float(np.dot(self.weights, known)) if known else None
 
+    def _mean_length(self) -> float:
+        """The document length blocks are sized by: the mean of the stream so far; before the first block, the mean of
+        the sources' first documents, by weight. Never what sources happen to have fetched: how a source batches its
+        reads is a speed setting, and must not move a block boundary."""
+        if self.stream_docs:
+            return self.stream_chars / self.stream_docs
+        firsts = [(weight, reader.first_length()) for weight, reader in zip(self.weights, self.readers)]
+        known = [(weight, length) for weight, length in firsts if length]
+        if not known:
+            return 1.0
+        weights, lengths = zip(*known)
+        return float(np.dot(weights, lengths) / sum(weights))
+
     def _block_units(self, index: int) -> int:
         """The next block's size: `block_docs` documents, fewer when documents are long (memory stays bounded).
 
         The first blocks are smaller (8M, 16M, 32M chars, then the cap): shards start being written while the
         next block is read, instead of after a whole large block."""
-        means = [m for m in (r.mean_length() for r in self.readers) if m]
-        mean = float(np.mean(means)) if means else 1.0
+        mean = self._mean_length()
         cap = min(BLOCK_CHARS_CAP, FIRST_BLOCK_CHARS << min(index, 8))
         docs = min(self.block_docs, max(1, int(cap / mean)))
         if not self.by_chars:

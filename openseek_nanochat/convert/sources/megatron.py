@@ -108,7 +108,8 @@ class ReadAhead:
     them together decode at most that much ahead, each source `ahead` batches past the one asked for: one each when
     many parts are read in turn, so every part's next batch is decoding while the consumer takes from the others. A
     source finding the budget spent still reads: one batch at a time, when the consumer asks for it, so no source ever
-    waits on another. The batch size depends only on the spec (never on the machine), so the output does too; how
+    waits on another. Batches never move a document (blocks are sized by the stream itself, mixture.py); their size
+    depends only on the spec (never on the machine), so the manifest's counts of what was read (`stats`) do too. How
     far ahead batches decode grows with the cores (`threads`), a full batch per thread.
     """
 
