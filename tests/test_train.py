@@ -289,6 +289,45 @@ def test_job_trains_on_two_ranks_and_resumes_exactly_after_a_kill(shards, data_d
         assert loss_b[step] == pytest.approx(loss_a[step], rel=1e-5, abs=1e-6), step
 
 
+# A stand-in for the process of an earlier attempt still running on another machine: it holds node 0's lock of a run
+# dir (fence.py) until it is killed.
+HOLD_RUN_DIR = """
+import sys, time
+from pathlib import Path
+from openseek_nanochat.convert import fence
+with fence.hold(Path(sys.argv[1]), lock=".train-node0.lock"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_later_attempt_waits_while_an_earlier_one_still_holds_the_run_dir(shards, data_dir, tmp_path):
+    """Node 0 of a run dir is trained by one attempt at a time: a later attempt touches nothing there (no spec, no
+    tokenizer, no checkpoint) until the earlier attempt's process is gone, says so in its output, then trains."""
+    run_dir = data_dir / "runs" / "job-held"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_RUN_DIR, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    spec = {**JOB, "dataset": "conv1", "num_iterations": 4, "eval_every": 4, "save_every": 4}
+    job = start_job(spec, tmp_path / "held.json", "job-held", data_dir)
+    try:
+        waiting = job.stdout.readline()
+        assert waiting == (
+            f"waiting for the run dir {run_dir} to be free: the processes of an earlier attempt still hold "
+            ".train-node0.lock\n"
+        )
+        time.sleep(1)
+        assert job.poll() is None and sorted(p.name for p in run_dir.iterdir()) == [".train-node0.lock"]
+    except BaseException:
+        job.kill()
+        raise
+    finally:
+        holder.kill()
+        holder.wait()
+    evs, out = finish(job)
+    assert f"the run dir {run_dir} is free after " in out
+    assert [e for e in evs if e["type"] == "result"][-1]["step"] == 4
+
+
 def test_nanochat_tokenizer_trainer_needs_the_nanochat_backend():
     with pytest.raises(
         ValidationError,

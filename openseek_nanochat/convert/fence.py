@@ -13,6 +13,9 @@ from renaming files into the output the newer one is writing:
 
 The attempt comes from the worker, through the job process's environment (procs.JOB_ATTEMPT_ENV). It is in no
 fingerprint and in no shard: an attempt changes who may write, never what is written.
+
+A training's run dir is held the same way, one lock per node (train/job.py): a later attempt's node waits while the
+earlier attempt's process of that node still runs, so two attempts never write the same checkpoints.
 """
 
 import errno
@@ -35,22 +38,29 @@ class Superseded(InputError):
 
 
 @contextmanager
-def hold(out: Path, say: Callable[[str], None] = print) -> Iterator[None]:
-    """Hold the output folder's lock for the block, waiting (and saying so) while an earlier attempt holds it."""
+def hold(
+    out: Path,
+    say: Callable[[str], None] = print,
+    lock: str = LOCK,
+    what: str = "the output",
+    unguarded: str = "only the manifest's attempt guards the output",
+) -> Iterator[None]:
+    """Hold the folder's `lock` for the block, waiting (and saying so) while an earlier attempt holds it. `what` names
+    the folder in what is said; `unguarded`, what is left to guard it on a filesystem without flock."""
     out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(out / lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            say(f"waiting for the output {out} to be free: the processes of an earlier attempt still hold {LOCK}")
+            say(f"waiting for {what} {out} to be free: the processes of an earlier attempt still hold {lock}")
             started = time.monotonic()
             fcntl.flock(fd, fcntl.LOCK_EX)
-            say(f"the output {out} is free after {time.monotonic() - started:.1f} s; going on")
+            say(f"{what} {out} is free after {time.monotonic() - started:.1f} s; going on")
         except OSError as e:
             if e.errno not in NO_FLOCK:
                 raise
-            say(f"the filesystem of {out} has no flock: only the manifest's attempt guards the output")
+            say(f"the filesystem of {out} has no flock: {unguarded}")
         yield
     finally:
         os.close(fd)  # drops the lock

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from openseek_nanochat import paths, procs
 from openseek_nanochat.atomic import write_json_atomic
+from openseek_nanochat.convert import fence
 from openseek_nanochat.convert import manifest as manifest_file
 from openseek_nanochat.convert.shards import list_shards
 from openseek_nanochat.errors import InputError
@@ -35,6 +36,7 @@ from openseek_nanochat.train.spec import ReuseTokenizer, TrainSpec
 
 ERROR_PREFIX = "error: "  # how the tokenizer and the trainer print the reason they fail (the job's error message)
 TOKENIZER_WAIT_POLL_S = 1.0  # how often a node other than 0 looks for the tokenizer node 0 trains
+UNGUARDED = "an earlier attempt's processes, if any still run, are not waited for"
 
 
 def run_dir_for(spec: TrainSpec, settings: Settings, job_id: str | None = None) -> Path:
@@ -254,14 +256,19 @@ def run(spec: TrainSpec, job_dir, events: bool = True) -> dict:
     `spec` must have been through `prepare`. Returns (and, with events, emits) the result.
     """
     emit = emitter(events)
-    if spec.backend == "nanochat":
-        from openseek_nanochat.train.nanochat import run as nanochat
-
-        return nanochat.run(spec, job_dir, emit)
-    run_dir = Path(job_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _check_run_dir(run_dir, spec)
     node = nodes.this_node()
+    # One attempt of this node in the run dir at a time: a later attempt waits here while the process of an earlier
+    # one (its worker lost the lease, perhaps on another machine) still runs, and never writes its checkpoints too.
+    with fence.hold(Path(job_dir), lock=f".train-node{node}.lock", what="the run dir", unguarded=UNGUARDED):
+        if spec.backend == "nanochat":
+            from openseek_nanochat.train.nanochat import run as nanochat
+
+            return nanochat.run(spec, job_dir, emit)
+        return _run_builtin(spec, Path(job_dir), node, emit, events)
+
+
+def _run_builtin(spec: TrainSpec, run_dir: Path, node: int, emit: Callable[..., None], events: bool) -> dict:
+    _check_run_dir(run_dir, spec)
     if node == 0:
         write_json_atomic(run_dir / "spec.json", spec.model_dump(mode="json"))
 
