@@ -59,7 +59,6 @@ class SourceReader:
         self.skipped: Counter = Counter()
         self.stats: Counter = Counter()
         self.seen_docs = 0  # kept documents fetched (whole batches): whether the source ever had one
-        self.seen_chars = 0
         self._progress_span = (0.0, 0.0)  # the source's progress before and after the held batch
         self._iter = None
         self._docs = _empty_docs()  # the held batch's kept documents: text, item, pos
@@ -77,7 +76,6 @@ class SourceReader:
             "skipped": dict(self.skipped),
             "stats": dict(self.stats),
             "seen_docs": self.seen_docs,
-            "seen_chars": self.seen_chars,
             "progress_span": self._progress_span,
         }
 
@@ -85,7 +83,7 @@ class SourceReader:
         self.epoch, self.cursor, self.offset = state["epoch"], state["cursor"], state["offset"]
         self.exhausted = state["exhausted"]
         self.skipped, self.stats = Counter(state["skipped"]), Counter(state["stats"])
-        self.seen_docs, self.seen_chars = state["seen_docs"], state["seen_chars"]
+        self.seen_docs = state["seen_docs"]
         self._progress_span = tuple(state["progress_span"])
         self._docs_this_epoch = 1 if self.seen_docs else 0  # only a source that never had a document can't repeat
         if self.cursor is not None and not self.exhausted:
@@ -132,7 +130,6 @@ class SourceReader:
                 self.skipped["short"] += int(np.count_nonzero(short))
             if self._count_next:
                 self.seen_docs += kept.num_rows
-                self.seen_chars += int(kept_lengths.sum())
             self._count_next = True
             if batch.progress is not None:
                 self._progress_span = (self._progress_span[1], batch.progress)
@@ -185,7 +182,6 @@ class SourceReader:
         """The length of the source's first document (None if it has none): peeked, for the first block's size."""
         if not self.seen_docs and not self.exhausted:
             self._fetch()
-            self.offset = 0
         return int(self._lengths[0]) if self.seen_docs else None
 
 
@@ -382,7 +378,7 @@ class DocStream:
         if not known:
             return 1.0
         weights, lengths = zip(*known)
-        return float(np.dot(weights, lengths) / sum(weights))
+        return float(np.average(lengths, weights=weights))
 
     def _block_units(self, index: int) -> int:
         """The next block's size: `block_docs` documents, fewer when documents are long (memory stays bounded).

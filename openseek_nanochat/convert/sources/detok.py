@@ -90,7 +90,7 @@ class ByteTableDetokenizer:
         narrow = self.narrow_table is not None and len(tokens) * self.longest < 2**31
         pieces = (self.narrow_table if narrow else self.table).take(pa.array(tokens))
         width = np.int32 if narrow else np.int64
-        byte_offsets = np.frombuffer(pieces.buffers()[1], width, len(pieces) + 1)[offsets].astype(np.int64)
+        byte_offsets = np.frombuffer(pieces.buffers()[1], width, len(pieces) + 1)[offsets]
         return utf8_documents(pieces.buffers()[2] or pa.py_buffer(b""), byte_offsets)
 
 
